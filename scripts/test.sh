@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs every test of the repository:
+#   1. cargo build --workspace --bins      (the kalam-server binary the Python suite starts)
+#   2. Rust tests: cargo nextest (if installed) + doctests, else cargo test
+#   3. Python interop tests (tests/python) in a venv, against the freshly built binary
+# Both the Rust and the Python part always run; the script exits non-zero if either fails.
+#
+# Environment:
+#   CARGO_TARGET_DIR  where cargo builds (default: <repo>/target)
+#   VENV              Python virtualenv to create/reuse (default: $HOME/.cache/kalam-venv)
+#   PYTHON            interpreter used to create the venv (default: python3)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET_DIR in
+  /*) ;;
+  *) TARGET_DIR=$ROOT/$TARGET_DIR ;;
+esac
+SERVER_BIN=$TARGET_DIR/debug/kalam-server
+VENV=${VENV:-$HOME/.cache/kalam-venv}
+
+echo "==> cargo build --workspace --bins"
+cargo build --workspace --bins
+
+# End-to-end tests (Rust and Python) start this binary.
+export KALAM_SERVER_BIN=$SERVER_BIN
+
+echo "==> Rust tests"
+rust_status=0
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-tests=warn || rust_status=$?
+  # nextest does not run doctests.
+  cargo test --workspace --doc || rust_status=$?
+else
+  cargo test --workspace || rust_status=$?
+fi
+
+echo "==> Python interop tests"
+py_status=0
+if [ ! -x "$VENV/bin/python" ]; then
+  "${PYTHON:-python3}" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+"$VENV/bin/python" -m pytest tests/python -q || py_status=$?
+
+if [ "$rust_status" -ne 0 ] || [ "$py_status" -ne 0 ]; then
+  exit 1
+fi

@@ -1,0 +1,359 @@
+//! The write buffer: committed rows held as Arrow, per table and partition.
+//!
+//! A partition is one user's rows of a USER/STREAM table, or all rows of a SHARED table. Each
+//! partition keeps its rows as append-only chunks plus a primary-key index that points at the
+//! newest live version of each key, so a scan returns exactly one row per key (newest `_seq`
+//! wins) and an INSERT of an existing key is refused before anything is written.
+//!
+//! Rows carry the table's user columns followed by `_seq` (UInt64). Chunks written before an
+//! `ALTER TABLE ... ADD COLUMN` are padded with NULLs when read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt64Array, new_null_array};
+use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::util::display::array_value_to_string;
+use parking_lot::RwLock;
+
+use crate::{Error, Result};
+
+/// Name of the hidden commit-sequence column.
+pub const SEQ_COLUMN: &str = "_seq";
+
+/// Trailing chunks smaller than this are merged once there are [`MAX_SMALL_CHUNKS`] of them,
+/// so single-row inserts do not leave one tiny batch per row.
+const SMALL_CHUNK_ROWS: usize = 4096;
+/// Bound on small trailing chunks per partition before they are merged.
+const MAX_SMALL_CHUNKS: usize = 32;
+
+/// Byte accounting shared by every table's buffer (reported as `write_buffer_bytes`).
+#[derive(Debug, Default)]
+pub struct BufferAccounting {
+    bytes: AtomicUsize,
+}
+
+impl BufferAccounting {
+    /// Bytes currently held by all buffers.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+    fn sub(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// One table's buffered rows.
+#[derive(Debug)]
+pub struct TableBuffer {
+    /// Table name, for error messages.
+    table: String,
+    /// Positions of the primary-key columns among the user columns.
+    pk: Vec<usize>,
+    /// Encodes primary keys into comparable, hashable rows.
+    converter: RowConverter,
+    /// Partitions by key (user id, or "" for shared tables). Grows with the users who wrote to
+    /// this table; bounded by the number of users in the catalog.
+    partitions: RwLock<HashMap<Arc<str>, Arc<RwLock<Partition>>>>,
+    /// Where this buffer reports its bytes.
+    accounting: Arc<BufferAccounting>,
+}
+
+#[derive(Debug, Default)]
+struct Partition {
+    /// Append-only chunks: user columns + `_seq`.
+    chunks: Vec<Chunk>,
+    /// Newest live version of each key: (chunk, row).
+    index: HashMap<OwnedRow, (u32, u32)>,
+    /// Rows superseded or deleted but still held in chunks.
+    dead: usize,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    batch: RecordBatch,
+    live: Vec<bool>,
+    bytes: usize,
+}
+
+impl Chunk {
+    fn new(batch: RecordBatch) -> Self {
+        let bytes = batch.get_array_memory_size();
+        let live = vec![true; batch.num_rows()];
+        Self { batch, live, bytes }
+    }
+}
+
+impl TableBuffer {
+    /// A buffer for a table whose user columns are `schema` and whose primary key is `pk`.
+    pub fn new(
+        table: impl Into<String>,
+        schema: &Schema,
+        pk: Vec<usize>,
+        accounting: Arc<BufferAccounting>,
+    ) -> Result<Self> {
+        let table = table.into();
+        let fields = pk
+            .iter()
+            .map(|i| SortField::new(schema.field(*i).data_type().clone()))
+            .collect();
+        let converter =
+            RowConverter::new(fields).map_err(|e| Error::Arrow { table: table.clone(), source: e })?;
+        Ok(Self { table, pk, converter, partitions: RwLock::new(HashMap::new()), accounting })
+    }
+
+    fn partition(&self, key: &str) -> Arc<RwLock<Partition>> {
+        if let Some(p) = self.partitions.read().get(key) {
+            return Arc::clone(p);
+        }
+        Arc::clone(self.partitions.write().entry(Arc::from(key)).or_default())
+    }
+
+    fn arrow_err(&self, e: arrow::error::ArrowError) -> Error {
+        Error::Arrow { table: self.table.clone(), source: e }
+    }
+
+    fn keys(&self, batch: &RecordBatch) -> Result<arrow::row::Rows> {
+        let cols: Vec<ArrayRef> = self.pk.iter().map(|i| Arc::clone(batch.column(*i))).collect();
+        self.converter.convert_columns(&cols).map_err(|e| self.arrow_err(e))
+    }
+
+    fn render_key(&self, batch: &RecordBatch, row: usize) -> String {
+        let parts: Vec<String> = self
+            .pk
+            .iter()
+            .map(|i| array_value_to_string(batch.column(*i), row).unwrap_or_else(|_| "?".into()))
+            .collect();
+        format!("({})", parts.join(", "))
+    }
+
+    /// Inserts new rows (user columns only) into `partition`, numbering them from `first_seq`.
+    /// Fails without writing anything if any key exists already or repeats within `batch`.
+    pub fn insert(&self, partition: &str, batch: &RecordBatch, first_seq: u64) -> Result<usize> {
+        let keys = self.keys(batch)?;
+        let part = self.partition(partition);
+        let mut p = part.write();
+        let mut seen = std::collections::HashSet::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let k = keys.row(i);
+            if p.index.contains_key(&k.owned()) || !seen.insert(k) {
+                return Err(Error::DuplicateKey {
+                    table: self.table.clone(),
+                    key: self.render_key(batch, i),
+                });
+            }
+        }
+        self.append(&mut p, batch, &keys, first_seq)?;
+        Ok(batch.num_rows())
+    }
+
+    /// Writes new versions of existing rows (full rows, user columns only). Keys that no
+    /// longer exist (deleted concurrently) are skipped. Returns the rows written.
+    pub fn update(&self, partition: &str, batch: &RecordBatch, first_seq: u64) -> Result<usize> {
+        let keys = self.keys(batch)?;
+        let part = self.partition(partition);
+        let mut p = part.write();
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let k = keys.row(i).owned();
+            keep.push(p.index.contains_key(&k));
+        }
+        let batch = filter_record_batch(batch, &BooleanArray::from(keep))
+            .map_err(|e| self.arrow_err(e))?;
+        let keys = self.keys(&batch)?;
+        for i in 0..batch.num_rows() {
+            if let Some((c, r)) = p.index.get(&keys.row(i).owned()).copied() {
+                p.chunks[c as usize].live[r as usize] = false;
+                p.dead += 1;
+            }
+        }
+        self.append(&mut p, &batch, &keys, first_seq)?;
+        self.maybe_reclaim(&mut p)?;
+        Ok(batch.num_rows())
+    }
+
+    /// Deletes the rows whose primary keys are in `keys_batch` (user-column layout, only the
+    /// key columns are read). Returns the rows actually deleted.
+    pub fn delete(&self, partition: &str, keys_batch: &RecordBatch) -> Result<usize> {
+        let keys = self.keys(keys_batch)?;
+        let part = self.partition(partition);
+        let mut p = part.write();
+        let mut n = 0;
+        for i in 0..keys_batch.num_rows() {
+            if let Some((c, r)) = p.index.remove(&keys.row(i).owned()) {
+                p.chunks[c as usize].live[r as usize] = false;
+                p.dead += 1;
+                n += 1;
+            }
+        }
+        self.maybe_reclaim(&mut p)?;
+        Ok(n)
+    }
+
+    /// Removes every row of every partition. Returns the rows removed.
+    pub fn truncate(&self) -> usize {
+        let parts: Vec<_> = self.partitions.write().drain().map(|(_, p)| p).collect();
+        let mut n = 0;
+        for part in parts {
+            let p = part.read();
+            n += p.index.len();
+            self.accounting.sub(p.chunks.iter().map(|c| c.bytes).sum());
+        }
+        n
+    }
+
+    /// Number of live rows in `partition`.
+    pub fn row_count(&self, partition: &str) -> usize {
+        self.partitions.read().get(partition).map_or(0, |p| p.read().index.len())
+    }
+
+    /// Partition keys that currently hold rows.
+    pub fn partition_keys(&self) -> Vec<Arc<str>> {
+        self.partitions.read().keys().cloned().collect()
+    }
+
+    /// The live rows of `partition`, shaped as `schema` (user columns + `_seq`, in the table's
+    /// current layout). Columns added after a chunk was written read as NULL.
+    pub fn snapshot(&self, partition: &str, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+        let Some(part) = self.partitions.read().get(partition).cloned() else {
+            return Ok(Vec::new());
+        };
+        let p = part.read();
+        let mut out = Vec::with_capacity(p.chunks.len());
+        for chunk in &p.chunks {
+            let live = if chunk.live.iter().all(|l| *l) {
+                chunk.batch.clone()
+            } else {
+                filter_record_batch(&chunk.batch, &BooleanArray::from(chunk.live.clone()))
+                    .map_err(|e| self.arrow_err(e))?
+            };
+            if live.num_rows() > 0 {
+                out.push(self.conform(live, schema)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pads/reorders `batch` to `schema` by column name.
+    fn conform(&self, batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+        if batch.schema().fields() == schema.fields() {
+            return Ok(batch);
+        }
+        let cols = schema
+            .fields()
+            .iter()
+            .map(|f| match batch.column_by_name(f.name()) {
+                Some(c) => Arc::clone(c),
+                None => new_null_array(f.data_type(), batch.num_rows()),
+            })
+            .collect();
+        RecordBatch::try_new(Arc::clone(schema), cols).map_err(|e| self.arrow_err(e))
+    }
+
+    fn append(
+        &self,
+        p: &mut Partition,
+        batch: &RecordBatch,
+        keys: &arrow::row::Rows,
+        first_seq: u64,
+    ) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let seq: ArrayRef =
+            Arc::new(UInt64Array::from_iter_values((0..batch.num_rows() as u64).map(|i| first_seq + i)));
+        let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new(SEQ_COLUMN, DataType::UInt64, false)));
+        let mut cols = batch.columns().to_vec();
+        cols.push(seq);
+        let stored = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+            .map_err(|e| self.arrow_err(e))?;
+        let chunk_idx = p.chunks.len() as u32;
+        for i in 0..batch.num_rows() {
+            p.index.insert(keys.row(i).owned(), (chunk_idx, i as u32));
+        }
+        let chunk = Chunk::new(stored);
+        self.accounting.add(chunk.bytes);
+        p.chunks.push(chunk);
+        self.merge_small_tail(p)
+    }
+
+    /// Merges the trailing run of small chunks into one when it grows past the bound.
+    fn merge_small_tail(&self, p: &mut Partition) -> Result<()> {
+        let small = p.chunks.iter().rev().take_while(|c| c.batch.num_rows() < SMALL_CHUNK_ROWS).count();
+        if small < MAX_SMALL_CHUNKS {
+            return Ok(());
+        }
+        let start = p.chunks.len() - small;
+        self.rewrite_from(p, start)
+    }
+
+    /// Drops dead rows once they outnumber live ones.
+    fn maybe_reclaim(&self, p: &mut Partition) -> Result<()> {
+        if p.dead > 1024 && p.dead > p.index.len() {
+            self.rewrite_from(p, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites chunks `start..` as one chunk of their live rows and re-points the index.
+    fn rewrite_from(&self, p: &mut Partition, start: usize) -> Result<()> {
+        let tail: Vec<Chunk> = p.chunks.drain(start..).collect();
+        let freed: usize = tail.iter().map(|c| c.bytes).sum();
+        let dead_in_tail: usize = tail.iter().map(|c| c.live.iter().filter(|l| !**l).count()).sum();
+        let mut live = Vec::with_capacity(tail.len());
+        for c in &tail {
+            let b = filter_record_batch(&c.batch, &BooleanArray::from(c.live.clone()))
+                .map_err(|e| self.arrow_err(e))?;
+            if b.num_rows() > 0 {
+                live.push(b);
+            }
+        }
+        self.accounting.sub(freed);
+        p.dead -= dead_in_tail;
+        if live.is_empty() {
+            return Ok(());
+        }
+        // Chunks written before an ADD COLUMN have fewer columns: conform to the widest.
+        let widest = live
+            .iter()
+            .max_by_key(|b| b.num_columns())
+            .map(|b| b.schema())
+            .unwrap_or_else(|| Arc::new(Schema::empty()));
+        let live = live
+            .into_iter()
+            .map(|b| self.conform(b, &widest))
+            .collect::<Result<Vec<_>>>()?;
+        let merged = concat_batches(&widest, &live).map_err(|e| self.arrow_err(e))?;
+        let keys = self.keys(&merged)?;
+        let chunk_idx = p.chunks.len() as u32;
+        for i in 0..merged.num_rows() {
+            p.index.insert(keys.row(i).owned(), (chunk_idx, i as u32));
+        }
+        let chunk = Chunk::new(merged);
+        self.accounting.add(chunk.bytes);
+        p.chunks.push(chunk);
+        Ok(())
+    }
+}
+
+impl Drop for TableBuffer {
+    fn drop(&mut self) {
+        let total: usize = self
+            .partitions
+            .get_mut()
+            .values()
+            .map(|p| p.read().chunks.iter().map(|c| c.bytes).sum::<usize>())
+            .sum();
+        self.accounting.sub(total);
+    }
+}
+
+#[cfg(test)]
+mod tests;
