@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt64Array, new_null_array};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array, new_null_array};
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
@@ -80,14 +80,29 @@ struct Chunk {
     batch: RecordBatch,
     live: Vec<bool>,
     bytes: usize,
+    /// Newest commit time of the rows in this chunk (ms since epoch), for STREAM TTLs.
+    committed_at_ms: i64,
+    /// Oldest commit time of the rows in this chunk.
+    oldest_ms: i64,
 }
 
 impl Chunk {
-    fn new(batch: RecordBatch) -> Self {
+    fn new(batch: RecordBatch, committed_at_ms: i64, oldest_ms: i64) -> Self {
         let bytes = batch.get_array_memory_size();
         let live = vec![true; batch.num_rows()];
-        Self { batch, live, bytes }
+        Self { batch, live, bytes, committed_at_ms, oldest_ms }
     }
+}
+
+/// Merged chunks of an append-only (STREAM) table may span at most this much commit time, so a
+/// row outlives its TTL by at most this much.
+const STREAM_MERGE_SPAN_MS: i64 = 1000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl TableBuffer {
@@ -99,6 +114,7 @@ impl TableBuffer {
         accounting: Arc<BufferAccounting>,
     ) -> Result<Self> {
         let table = table.into();
+        // An append-only table (no key) still needs a converter; it is never used.
         let fields = pk
             .iter()
             .map(|i| SortField::new(schema.field(*i).data_type().clone()))
@@ -136,8 +152,13 @@ impl TableBuffer {
     /// Inserts new rows (user columns only) into `partition`, numbering them from `first_seq`.
     /// Fails without writing anything if any key exists already or repeats within `batch`.
     pub fn insert(&self, partition: &str, batch: &RecordBatch, first_seq: u64) -> Result<usize> {
-        let keys = self.keys(batch)?;
         let part = self.partition(partition);
+        if self.pk.is_empty() {
+            let mut p = part.write();
+            self.append(&mut p, batch, None, first_seq)?;
+            return Ok(batch.num_rows());
+        }
+        let keys = self.keys(batch)?;
         let mut p = part.write();
         let mut seen = std::collections::HashSet::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
@@ -149,7 +170,7 @@ impl TableBuffer {
                 });
             }
         }
-        self.append(&mut p, batch, &keys, first_seq)?;
+        self.append(&mut p, batch, Some(&keys), first_seq)?;
         Ok(batch.num_rows())
     }
 
@@ -173,7 +194,7 @@ impl TableBuffer {
                 p.dead += 1;
             }
         }
-        self.append(&mut p, &batch, &keys, first_seq)?;
+        self.append(&mut p, &batch, Some(&keys), first_seq)?;
         self.maybe_reclaim(&mut p)?;
         Ok(batch.num_rows())
     }
@@ -196,6 +217,32 @@ impl TableBuffer {
         Ok(n)
     }
 
+    /// Replaces the contents of `partition` with `batch` atomically: if `batch` repeats a key,
+    /// nothing changes. Returns the rows written.
+    pub fn replace_partition(&self, partition: &str, batch: &RecordBatch, first_seq: u64) -> Result<usize> {
+        let mut fresh = Partition::default();
+        if self.pk.is_empty() {
+            self.append(&mut fresh, batch, None, first_seq)?;
+        } else {
+            let keys = self.keys(batch)?;
+            let mut seen = std::collections::HashSet::with_capacity(batch.num_rows());
+            for i in 0..batch.num_rows() {
+                if !seen.insert(keys.row(i)) {
+                    return Err(Error::DuplicateKey {
+                        table: self.table.clone(),
+                        key: self.render_key(batch, i),
+                    });
+                }
+            }
+            self.append(&mut fresh, batch, Some(&keys), first_seq)?;
+        }
+        let part = self.partition(partition);
+        let mut p = part.write();
+        let old = std::mem::replace(&mut *p, fresh);
+        self.accounting.sub(old.chunks.iter().map(|c| c.bytes).sum());
+        Ok(batch.num_rows())
+    }
+
     /// Removes every row of every partition. Returns the rows removed.
     pub fn truncate(&self) -> usize {
         let parts: Vec<_> = self.partitions.write().drain().map(|(_, p)| p).collect();
@@ -210,7 +257,33 @@ impl TableBuffer {
 
     /// Number of live rows in `partition`.
     pub fn row_count(&self, partition: &str) -> usize {
-        self.partitions.read().get(partition).map_or(0, |p| p.read().index.len())
+        self.partitions.read().get(partition).map_or(0, |p| {
+            let p = p.read();
+            if self.pk.is_empty() {
+                p.chunks.iter().map(|c| c.batch.num_rows()).sum()
+            } else {
+                p.index.len()
+            }
+        })
+    }
+
+    /// Drops chunks of an append-only table whose newest row committed before `cutoff_ms`.
+    pub fn expire(&self, cutoff_ms: i64) {
+        for part in self.partitions.read().values() {
+            let mut p = part.write();
+            let before = p.chunks.len();
+            let mut freed = 0;
+            p.chunks.retain(|c| {
+                let keep = c.committed_at_ms >= cutoff_ms;
+                if !keep {
+                    freed += c.bytes;
+                }
+                keep
+            });
+            if p.chunks.len() != before {
+                self.accounting.sub(freed);
+            }
+        }
     }
 
     /// Partition keys that currently hold rows.
@@ -221,12 +294,23 @@ impl TableBuffer {
     /// The live rows of `partition`, shaped as `schema` (user columns + `_seq`, in the table's
     /// current layout). Columns added after a chunk was written read as NULL.
     pub fn snapshot(&self, partition: &str, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+        self.snapshot_since(partition, schema, i64::MIN)
+    }
+
+    /// As [`TableBuffer::snapshot`], skipping chunks whose newest row committed before
+    /// `cutoff_ms` (STREAM TTL).
+    pub fn snapshot_since(
+        &self,
+        partition: &str,
+        schema: &SchemaRef,
+        cutoff_ms: i64,
+    ) -> Result<Vec<RecordBatch>> {
         let Some(part) = self.partitions.read().get(partition).cloned() else {
             return Ok(Vec::new());
         };
         let p = part.read();
         let mut out = Vec::with_capacity(p.chunks.len());
-        for chunk in &p.chunks {
+        for chunk in p.chunks.iter().filter(|c| c.committed_at_ms >= cutoff_ms) {
             let live = if chunk.live.iter().all(|l| *l) {
                 chunk.batch.clone()
             } else {
@@ -260,7 +344,7 @@ impl TableBuffer {
         &self,
         p: &mut Partition,
         batch: &RecordBatch,
-        keys: &arrow::row::Rows,
+        keys: Option<&arrow::row::Rows>,
         first_seq: u64,
     ) -> Result<()> {
         if batch.num_rows() == 0 {
@@ -275,10 +359,13 @@ impl TableBuffer {
         let stored = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
             .map_err(|e| self.arrow_err(e))?;
         let chunk_idx = p.chunks.len() as u32;
-        for i in 0..batch.num_rows() {
-            p.index.insert(keys.row(i).owned(), (chunk_idx, i as u32));
+        if let Some(keys) = keys {
+            for i in 0..batch.num_rows() {
+                p.index.insert(keys.row(i).owned(), (chunk_idx, i as u32));
+            }
         }
-        let chunk = Chunk::new(stored);
+        let now = now_ms();
+        let chunk = Chunk::new(stored, now, now);
         self.accounting.add(chunk.bytes);
         p.chunks.push(chunk);
         self.merge_small_tail(p)
@@ -291,6 +378,20 @@ impl TableBuffer {
             return Ok(());
         }
         let start = p.chunks.len() - small;
+        if self.pk.is_empty() {
+            let tail = &p.chunks[start..];
+            let oldest = tail.iter().map(|c| c.oldest_ms).min().unwrap_or(0);
+            let newest = tail.iter().map(|c| c.committed_at_ms).max().unwrap_or(0);
+            if newest - oldest > STREAM_MERGE_SPAN_MS {
+                // Keep TTL precision: merge only the chunks within the span of the newest.
+                let keep_from = p.chunks.iter().rposition(|c| newest - c.oldest_ms > STREAM_MERGE_SPAN_MS);
+                let start = keep_from.map_or(start, |i| (i + 1).max(start));
+                if p.chunks.len() - start < 2 {
+                    return Ok(());
+                }
+                return self.rewrite_from(p, start);
+            }
+        }
         self.rewrite_from(p, start)
     }
 
@@ -305,6 +406,8 @@ impl TableBuffer {
     /// Rewrites chunks `start..` as one chunk of their live rows and re-points the index.
     fn rewrite_from(&self, p: &mut Partition, start: usize) -> Result<()> {
         let tail: Vec<Chunk> = p.chunks.drain(start..).collect();
+        let newest = tail.iter().map(|c| c.committed_at_ms).max().unwrap_or(0);
+        let oldest = tail.iter().map(|c| c.oldest_ms).min().unwrap_or(0);
         let freed: usize = tail.iter().map(|c| c.bytes).sum();
         let dead_in_tail: usize = tail.iter().map(|c| c.live.iter().filter(|l| !**l).count()).sum();
         let mut live = Vec::with_capacity(tail.len());
@@ -331,12 +434,14 @@ impl TableBuffer {
             .map(|b| self.conform(b, &widest))
             .collect::<Result<Vec<_>>>()?;
         let merged = concat_batches(&widest, &live).map_err(|e| self.arrow_err(e))?;
-        let keys = self.keys(&merged)?;
         let chunk_idx = p.chunks.len() as u32;
-        for i in 0..merged.num_rows() {
-            p.index.insert(keys.row(i).owned(), (chunk_idx, i as u32));
+        if !self.pk.is_empty() {
+            let keys = self.keys(&merged)?;
+            for i in 0..merged.num_rows() {
+                p.index.insert(keys.row(i).owned(), (chunk_idx, i as u32));
+            }
         }
-        let chunk = Chunk::new(merged);
+        let chunk = Chunk::new(merged, newest, oldest);
         self.accounting.add(chunk.bytes);
         p.chunks.push(chunk);
         Ok(())

@@ -38,7 +38,7 @@ impl CreateOnlyLog {
     }
 
     fn entry_path(&self, version: u64) -> Path {
-        self.dir.child(format!("{version:020}.json"))
+        self.dir.clone().join(format!("{version:020}.json"))
     }
 
     /// Reads every entry with a version `>= from`, in version order.

@@ -108,3 +108,20 @@ fn old_chunks_read_with_added_columns_as_null() {
     assert_eq!(out[0].num_columns(), 4);
     assert!(out[0].column(2).is_null(0));
 }
+
+#[test]
+fn replace_is_atomic_and_append_only_tables_keep_duplicates() {
+    let b = buffer();
+    b.insert("u", &batch(&[1, 2], "a"), 1).unwrap();
+    assert!(b.replace_partition("u", &batch(&[7, 7], "x"), 3).is_err());
+    assert_eq!(rows(&b, "u").len(), 2, "failed replace changed nothing");
+    b.replace_partition("u", &batch(&[7], "x"), 3).unwrap();
+    assert_eq!(rows(&b, "u"), vec![(7, "x".into(), 3)]);
+
+    let s = TableBuffer::new("s", &schema(), vec![], Arc::new(BufferAccounting::default())).unwrap();
+    s.insert("u", &batch(&[1, 1], "a"), 1).unwrap();
+    s.insert("u", &batch(&[1], "a"), 3).unwrap();
+    assert_eq!(s.row_count("u"), 3);
+    s.expire(i64::MAX);
+    assert_eq!(s.row_count("u"), 0);
+}

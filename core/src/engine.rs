@@ -1,0 +1,657 @@
+//! The query engine: one shared `SessionContext`, per-request planning state, and the describe /
+//! execute entry points the server calls.
+//!
+//! `describe` never executes anything (it serves `GetFlightInfo` and prepared-statement creation);
+//! `execute` runs a statement exactly once and returns either a stream of batches or an affected
+//! row count. Query results are never collected: the stream goes straight to the caller.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::default_table_source::source_as_provider;
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::{SessionConfig, SessionContext, SessionState};
+use datafusion::execution::memory_pool::MemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
+use datafusion::physical_plan::execute_stream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::sql::sqlparser::ast;
+use futures::{StreamExt, TryStreamExt};
+use kalam_storage::seq::SeqAllocator;
+
+use crate::auth::hash_password;
+use crate::catalog::{AccessLevel, Catalog, CatalogEntry, ColumnDef, TableDef, TableKind, UserDef, now_ms};
+use crate::context::{ExecutionContext, Role};
+use crate::provider::{CATALOG_NAME, RequestCatalogList, RequestEnv, TableView};
+use crate::sql::{self, Statement};
+use crate::stats::Stats;
+use crate::{Error, Result};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// DataFusion memory pool size; `None` = unbounded.
+    pub memory_limit: Option<usize>,
+    /// Where sorts and aggregates spill.
+    pub spill_dir: PathBuf,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Partitions per query (defaults to cores).
+    pub target_partitions: usize,
+}
+
+/// What a statement will return, known without running it.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// The exact schema of the result stream (empty for statements that return a count).
+    pub schema: SchemaRef,
+    /// True for DDL/DML (a row count, no rows).
+    pub is_update: bool,
+    /// Parameter types (`$1`, `$2`, ...), `Null` where unknown.
+    pub parameter_schema: SchemaRef,
+}
+
+/// What running a statement produced.
+pub enum Output {
+    /// Rows, streamed.
+    Stream(SendableRecordBatchStream),
+    /// Rows changed (0 for DDL).
+    Affected(u64),
+}
+
+/// Ingest behaviour, as Flight SQL's TableDefinitionOptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestMode {
+    /// Create the table; fail if it exists.
+    Create,
+    /// Append; fail if the table is missing.
+    Append,
+    /// Create if missing, else replace the caller's rows.
+    Replace,
+    /// Create if missing, else append.
+    CreateAppend,
+}
+
+/// The engine. One per process.
+pub struct Engine {
+    /// THE SessionContext (DESIGN §5.1). Requests clone its state; nobody builds another.
+    session: SessionContext,
+    catalog: Arc<Catalog>,
+    stats: Arc<Stats>,
+    seq: Arc<SeqAllocator>,
+    memory_pool: Arc<dyn MemoryPool>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+/// Arrow types as they leave the server: view types become their plain forms (DESIGN §5.7).
+pub fn wire_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        other => other.clone(),
+    }
+}
+
+/// `schema` with view types replaced by plain ones.
+pub fn wire_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(wire_type(f.data_type())))
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+fn conform_batch(batch: &RecordBatch, schema: &SchemaRef) -> datafusion::error::Result<RecordBatch> {
+    let cols = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(Arc::clone(c)) } else { cast(c, f.data_type()) })
+        .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+    Ok(RecordBatch::try_new(Arc::clone(schema), cols)?)
+}
+
+/// Converts parameter row `row` of `params` to positional values.
+fn param_values(params: &RecordBatch, row: usize) -> Result<ParamValues> {
+    let values = params
+        .columns()
+        .iter()
+        .map(|c| ScalarValue::try_from_array(c, row).map_err(Error::from))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ParamValues::from(values))
+}
+
+impl Engine {
+    /// Builds the engine and its one `SessionContext`.
+    pub fn new(catalog: Arc<Catalog>, seq: Arc<SeqAllocator>, config: &EngineConfig) -> Result<Self> {
+        std::fs::create_dir_all(&config.spill_dir)
+            .map_err(|e| Error::Internal(format!("cannot create spill dir {}: {e}", config.spill_dir.display())))?;
+        let mut rt = RuntimeEnvBuilder::new().with_temp_file_path(config.spill_dir.clone());
+        if let Some(limit) = config.memory_limit {
+            rt = rt.with_memory_limit(limit, 1.0);
+        }
+        let runtime = rt.build_arc()?;
+        let mut cfg = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG_NAME, "public")
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true)
+            .with_batch_size(config.batch_size)
+            .with_target_partitions(config.target_partitions.max(1));
+        let opts = cfg.options_mut();
+        opts.sql_parser.map_string_types_to_utf8view = false;
+        opts.execution.parquet.schema_force_view_types = false;
+        let memory_pool = Arc::clone(&runtime.memory_pool);
+        let session = SessionContext::new_with_config_rt(cfg, runtime);
+        let stats = Arc::new(Stats::default());
+        Stats::add(&stats.session_contexts_created, 1);
+        Ok(Self { session, catalog, stats, seq, memory_pool })
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Process counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The planning state for one request: a clone of the shared state whose catalog list
+    /// carries the caller's identity. Never registers anything in the shared context.
+    pub fn request_state(&self, exec: &Arc<ExecutionContext>, expose_seq: bool) -> SessionState {
+        let mut state = self.session.state();
+        let env = RequestEnv {
+            catalog: Arc::clone(&self.catalog),
+            stats: Arc::clone(&self.stats),
+            memory_pool: Arc::clone(&self.memory_pool),
+            exec: Arc::clone(exec),
+            expose_seq,
+        };
+        state.register_catalog_list(Arc::new(RequestCatalogList::new(env)));
+        state
+    }
+
+    /// Resolves `EXECUTE AS USER` to the identity it runs under.
+    fn impersonate(&self, exec: &Arc<ExecutionContext>, user: &str) -> Result<Arc<ExecutionContext>> {
+        if !exec.has_role(Role::Service) {
+            return Err(Error::PermissionDenied("permission denied: EXECUTE AS USER requires role service".into()));
+        }
+        let target = self
+            .catalog
+            .user(user)
+            .ok_or_else(|| Error::NotFound(format!("user '{user}' does not exist")))?;
+        Ok(Arc::new(ExecutionContext {
+            user_id: Arc::from(target.id.as_str()),
+            user_name: Arc::from(target.name.as_str()),
+            // Never more power than the caller has.
+            role: target.role.min(exec.role),
+            request_id: Arc::clone(&exec.request_id),
+        }))
+    }
+
+    async fn plan_sql(&self, sql: &str, state: &SessionState) -> Result<LogicalPlan> {
+        let dialect = state.config().options().sql_parser.dialect;
+        let stmt = state.sql_to_statement(sql, &dialect).map_err(Error::from_datafusion)?;
+        if let datafusion::sql::parser::Statement::Statement(s) = &stmt {
+            match s.as_ref() {
+                ast::Statement::Query(_)
+                | ast::Statement::Insert(_)
+                | ast::Statement::Update(_)
+                | ast::Statement::Delete(_)
+                | ast::Statement::Explain { .. }
+                | ast::Statement::ShowTables { .. }
+                | ast::Statement::ShowColumns { .. } => {}
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "statement not supported: {}",
+                        other.to_string().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+                    )));
+                }
+            }
+        } else {
+            return Err(Error::InvalidArgument("statement not supported".into()));
+        }
+        let plan = state.statement_to_plan(stmt).await.map_err(Error::from_datafusion)?;
+        match &plan {
+            LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) | LogicalPlan::Copy(_) => {
+                Err(Error::InvalidArgument("statement not supported".into()))
+            }
+            LogicalPlan::Dml(d) if !matches!(d.op, WriteOp::Insert(InsertOp::Append) | WriteOp::Update | WriteOp::Delete) => {
+                Err(Error::Unsupported(format!("{} is not supported", d.op)))
+            }
+            _ => Ok(plan),
+        }
+    }
+
+    /// Describes `sql` for `exec` without executing it.
+    pub async fn describe(&self, sql: &str, exec: &Arc<ExecutionContext>) -> Result<Described> {
+        let update = || Described {
+            schema: Arc::new(Schema::empty()),
+            is_update: true,
+            parameter_schema: Arc::new(Schema::empty()),
+        };
+        match sql::parse(sql)? {
+            Statement::ExecuteAs { user, sql } => {
+                let target = self.impersonate(exec, &user)?;
+                if matches!(sql::parse(&sql)?, Statement::ExecuteAs { .. }) {
+                    return Err(Error::InvalidArgument("EXECUTE AS USER cannot be nested".into()));
+                }
+                Box::pin(self.describe(&sql, &target)).await
+            }
+            Statement::Sql => {
+                let expose = sql::mentions_seq(sql);
+                let state = self.request_state(exec, expose);
+                let plan = self.plan_sql(sql, &state).await?;
+                let mut params: Vec<(String, Option<DataType>)> =
+                    plan.get_parameter_types().map_err(Error::from_datafusion)?.into_iter().collect();
+                params.sort_by_key(|(name, _)| name.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX));
+                let parameter_schema = Arc::new(Schema::new(
+                    params
+                        .into_iter()
+                        .map(|(n, t)| Field::new(n, t.unwrap_or(DataType::Null), true))
+                        .collect::<Vec<_>>(),
+                ));
+                if let LogicalPlan::Dml(_) = plan {
+                    return Ok(Described { parameter_schema, ..update() });
+                }
+                Ok(Described { schema: wire_schema(plan.schema().as_arrow()), is_update: false, parameter_schema })
+            }
+            _ => Ok(update()),
+        }
+    }
+
+    /// Runs `sql` once as `exec`. With `params`, a query binds the first row; an update runs once
+    /// per row and returns the total.
+    pub async fn execute(&self, sql: &str, exec: &Arc<ExecutionContext>, params: Option<&RecordBatch>) -> Result<Output> {
+        match sql::parse(sql)? {
+            Statement::ExecuteAs { user, sql } => {
+                let target = self.impersonate(exec, &user)?;
+                if matches!(sql::parse(&sql)?, Statement::ExecuteAs { .. }) {
+                    return Err(Error::InvalidArgument("EXECUTE AS USER cannot be nested".into()));
+                }
+                Box::pin(self.execute(&sql, &target, params)).await
+            }
+            Statement::Sql => self.execute_sql(sql, exec, params).await,
+            stmt => {
+                if params.is_some_and(|p| p.num_columns() > 0) {
+                    return Err(Error::InvalidArgument("this statement takes no parameters".into()));
+                }
+                self.execute_command(stmt, exec).await.map(Output::Affected)
+            }
+        }
+    }
+
+    async fn execute_sql(&self, sql: &str, exec: &Arc<ExecutionContext>, params: Option<&RecordBatch>) -> Result<Output> {
+        let expose = sql::mentions_seq(sql);
+        let state = self.request_state(exec, expose);
+        let plan = self.plan_sql(sql, &state).await?;
+        let params = params.filter(|p| p.num_columns() > 0);
+        if let LogicalPlan::Dml(dml) = &plan {
+            if expose {
+                return Err(Error::InvalidArgument("_seq is a system column and cannot be written".into()));
+            }
+            let mut total = 0;
+            match params {
+                Some(p) => {
+                    for row in 0..p.num_rows() {
+                        let bound = plan.clone().with_param_values(param_values(p, row)?).map_err(Error::from_datafusion)?;
+                        let LogicalPlan::Dml(dml) = bound else {
+                            return Err(Error::Internal("binding changed the plan kind".into()));
+                        };
+                        total += self.execute_dml(&state, &dml).await?;
+                    }
+                }
+                None => total = self.execute_dml(&state, dml).await?,
+            }
+            Stats::add(&self.stats.statements_executed, 1);
+            return Ok(Output::Affected(total));
+        }
+        let plan = match params {
+            Some(p) if p.num_rows() > 0 => plan.with_param_values(param_values(p, 0)?).map_err(Error::from_datafusion)?,
+            _ => plan,
+        };
+        let schema = wire_schema(plan.schema().as_arrow());
+        let physical = state.create_physical_plan(&plan).await.map_err(Error::from_datafusion)?;
+        let stream = execute_stream(physical, state.task_ctx()).map_err(Error::from_datafusion)?;
+        Stats::add(&self.stats.queries_started, 1);
+        let out_schema = Arc::clone(&schema);
+        let mapped = stream.map(move |b| b.and_then(|b| conform_batch(&b, &out_schema)));
+        Ok(Output::Stream(Box::pin(RecordBatchStreamAdapter::new(schema, mapped))))
+    }
+
+    /// Runs the input of a DML plan and applies the result to the target's buffer.
+    async fn execute_dml(&self, state: &SessionState, dml: &DmlStatement) -> Result<u64> {
+        let provider = source_as_provider(&dml.target).map_err(Error::from_datafusion)?;
+        let Some(view) = provider.downcast_ref::<TableView>() else {
+            return Err(Error::PermissionDenied(format!("permission denied: {} is read-only", dml.table_name)));
+        };
+        view.check_write()?;
+        let rt = &view.runtime;
+        let physical = state.create_physical_plan(&dml.input).await.map_err(Error::from_datafusion)?;
+        let batches: Vec<RecordBatch> = execute_stream(physical, state.task_ctx())
+            .map_err(Error::from_datafusion)?
+            .try_collect()
+            .await
+            .map_err(Error::from_datafusion)?;
+        // Align to the table's column order by name (DML inputs carry every column).
+        let mut aligned = Vec::with_capacity(batches.len());
+        for b in &batches {
+            let cols = rt
+                .schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let c = b.column_by_name(f.name()).ok_or_else(|| {
+                        Error::Internal(format!("DML input lacks column {}", f.name()))
+                    })?;
+                    if c.data_type() == f.data_type() { Ok(Arc::clone(c)) } else { cast(c, f.data_type()).map_err(|e| Error::InvalidArgument(e.to_string())) }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            aligned.push(RecordBatch::try_new(Arc::clone(&rt.schema), cols).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+        }
+        let batch = concat_batches(&rt.schema, &aligned).map_err(|e| Error::Internal(e.to_string()))?;
+        let n = batch.num_rows() as u64;
+        let part = view.partition();
+        let written = match dml.op {
+            WriteOp::Insert(_) => {
+                if n == 0 {
+                    return Ok(0);
+                }
+                let first = self.seq.reserve(n);
+                rt.buffer.insert(part, &batch, first)?
+            }
+            WriteOp::Update => {
+                if rt.def.kind == TableKind::Stream {
+                    return Err(Error::InvalidArgument("STREAM tables are append-only".into()));
+                }
+                if n == 0 {
+                    return Ok(0);
+                }
+                self.check_pk_unchanged(dml)?;
+                let first = self.seq.reserve(n);
+                rt.buffer.update(part, &batch, first)?
+            }
+            WriteOp::Delete => {
+                if rt.def.kind == TableKind::Stream {
+                    return Err(Error::InvalidArgument("STREAM tables are append-only".into()));
+                }
+                rt.buffer.delete(part, &batch)?
+            }
+            _ => return Err(Error::Unsupported(format!("{} is not supported", dml.op))),
+        };
+        Stats::add(&self.stats.rows_written, written as u64);
+        Ok(written as u64)
+    }
+
+    /// UPDATE may not assign primary-key columns (a key is the row's identity).
+    fn check_pk_unchanged(&self, dml: &DmlStatement) -> Result<()> {
+        if let LogicalPlan::Projection(p) = dml.input.as_ref() {
+            let provider = source_as_provider(&dml.target).map_err(Error::from_datafusion)?;
+            let Some(view) = provider.downcast_ref::<TableView>() else { return Ok(()) };
+            for (expr, field) in p.expr.iter().zip(p.schema.fields()) {
+                if view.runtime.def.primary_key.iter().any(|k| k == field.name()) {
+                    let untouched = matches!(expr.clone().unalias(), datafusion::logical_expr::Expr::Column(ref c) if c.name == *field.name());
+                    if !untouched {
+                        return Err(Error::InvalidArgument(format!(
+                            "primary key column '{}' cannot be updated",
+                            field.name()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn require(exec: &ExecutionContext, role: Role) -> Result<()> {
+        if exec.has_role(role) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!("permission denied: requires role {role}")))
+        }
+    }
+
+    async fn execute_command(&self, stmt: Statement, exec: &Arc<ExecutionContext>) -> Result<u64> {
+        if stmt.is_ddl() {
+            Self::require(exec, Role::Dba)?;
+        }
+        let res = match stmt {
+            Statement::CreateNamespace { name, if_not_exists } => {
+                if if_not_exists && self.catalog.namespace_exists(&name) {
+                    return Ok(0);
+                }
+                self.catalog.commit(CatalogEntry::CreateNamespace { name }).await
+            }
+            Statement::DropNamespace { name, if_exists, cascade } => {
+                if !self.catalog.namespace_exists(&name) || name == crate::catalog::SYSTEM_NAMESPACE {
+                    if if_exists {
+                        return Ok(0);
+                    }
+                    return Err(Error::NotFound(format!("namespace '{name}' does not exist")));
+                }
+                if cascade {
+                    for t in self.catalog.tables(Some(&name)) {
+                        self.catalog
+                            .commit(CatalogEntry::DropTable { namespace: name.clone(), name: t.def.name.clone() })
+                            .await?;
+                    }
+                }
+                self.catalog.commit(CatalogEntry::DropNamespace { name }).await
+            }
+            Statement::CreateTable(ct) => {
+                if ct.if_not_exists && self.catalog.table(&ct.namespace, &ct.name).is_some() {
+                    return Ok(0);
+                }
+                let def = TableDef {
+                    id: self.catalog.next_table_id(),
+                    namespace: ct.namespace,
+                    name: ct.name,
+                    kind: ct.kind,
+                    access: ct.access,
+                    columns: ct.columns.iter().map(|(n, t, null)| ColumnDef::new(n, t, *null)).collect(),
+                    primary_key: ct.primary_key,
+                    ttl_seconds: ct.ttl_seconds,
+                    created_at_ms: now_ms(),
+                };
+                self.catalog.commit(CatalogEntry::CreateTable(def)).await
+            }
+            Statement::DropTable { namespace, name, if_exists } => {
+                if if_exists && self.catalog.table(&namespace, &name).is_none() {
+                    return Ok(0);
+                }
+                self.catalog.commit(CatalogEntry::DropTable { namespace, name }).await
+            }
+            Statement::AddColumn { namespace, table, column, data_type } => {
+                self.catalog
+                    .commit(CatalogEntry::AddColumn { namespace, table, column: ColumnDef::new(column, &data_type, true) })
+                    .await
+            }
+            Statement::CreateUser { name, password, role } => {
+                if role > exec.role {
+                    return Err(Error::PermissionDenied("permission denied: cannot grant a role above your own".into()));
+                }
+                let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))??;
+                let mut id = [0u8; 12];
+                rand::fill(&mut id);
+                let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                self.catalog
+                    .commit(CatalogEntry::CreateUser(UserDef { id, name, password_hash: hash, role, created_at_ms: now_ms() }))
+                    .await
+            }
+            Statement::AlterUser { name, password, role } => {
+                if role.is_some_and(|r| r > exec.role) {
+                    return Err(Error::PermissionDenied("permission denied: cannot grant a role above your own".into()));
+                }
+                let password_hash = match password {
+                    Some(pw) => Some(
+                        tokio::task::spawn_blocking(move || hash_password(&pw))
+                            .await
+                            .map_err(|e| Error::Internal(e.to_string()))??,
+                    ),
+                    None => None,
+                };
+                self.catalog.commit(CatalogEntry::AlterUser { name, password_hash, role }).await
+            }
+            Statement::DropUser { name, if_exists } => {
+                if if_exists && self.catalog.user(&name).is_none() {
+                    return Ok(0);
+                }
+                if *name == *exec.user_name {
+                    return Err(Error::InvalidArgument("you cannot drop the user you are logged in as".into()));
+                }
+                self.catalog.commit(CatalogEntry::DropUser { name }).await
+            }
+            Statement::FlushTable { namespace, name } => {
+                if self.catalog.table(&namespace, &name).is_none() {
+                    return Err(Error::NotFound(format!("table '{namespace}.{name}' does not exist")));
+                }
+                Err(Error::Unsupported(
+                    "FLUSH TABLE needs durable Parquet storage, which this build does not have yet".into(),
+                ))
+            }
+            Statement::KillLiveQuery { id } => {
+                Err(Error::NotFound(format!("live query '{id}' does not exist")))
+            }
+            Statement::ExecuteAs { .. } | Statement::Sql => {
+                Err(Error::Internal("statement routed to the wrong executor".into()))
+            }
+        };
+        res?;
+        Stats::add(&self.stats.statements_executed, 1);
+        Ok(0)
+    }
+
+    /// Bulk ingest (`CommandStatementIngest`), atomic: either every row lands or none.
+    /// A created table is SHARED/PRIVATE with its first column as primary key unless `options`
+    /// say otherwise (`kalam.table_type` = user|shared, `kalam.primary_key` = "a,b").
+    pub async fn ingest(
+        &self,
+        exec: &Arc<ExecutionContext>,
+        namespace: &str,
+        table: &str,
+        mode: IngestMode,
+        options: &std::collections::HashMap<String, String>,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<u64> {
+        let namespace = namespace.to_ascii_lowercase();
+        let table = table.to_ascii_lowercase();
+        let existing = self.catalog.table(&namespace, &table);
+        let exists = existing.is_some();
+        match (mode, exists) {
+            (IngestMode::Create, true) => {
+                return Err(Error::AlreadyExists(format!("table '{namespace}.{table}' already exists")));
+            }
+            (IngestMode::Append, false) => {
+                return Err(Error::NotFound(format!("table '{namespace}.{table}' does not exist")));
+            }
+            _ => {}
+        }
+        if !exists {
+            Self::require(exec, Role::Dba)?;
+            let kind = match options.get("kalam.table_type").map(|s| s.to_ascii_lowercase()).as_deref() {
+                None | Some("shared") => TableKind::Shared,
+                Some("user") => TableKind::User,
+                Some(other) => return Err(Error::InvalidArgument(format!("unknown kalam.table_type '{other}'"))),
+            };
+            let pk: Vec<String> = match options.get("kalam.primary_key") {
+                Some(list) => list.split(',').map(|s| s.trim().to_ascii_lowercase()).collect(),
+                None => schema.fields().first().map(|f| vec![f.name().to_ascii_lowercase()]).unwrap_or_default(),
+            };
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let name = f.name().to_ascii_lowercase();
+                    ColumnDef::new(&name, &wire_type(f.data_type()), f.is_nullable() && !pk.contains(&name))
+                })
+                .collect();
+            let def = TableDef {
+                id: self.catalog.next_table_id(),
+                namespace: namespace.clone(),
+                name: table.clone(),
+                kind,
+                access: AccessLevel::Private,
+                columns,
+                primary_key: pk,
+                ttl_seconds: None,
+                created_at_ms: now_ms(),
+            };
+            self.catalog.commit(CatalogEntry::CreateTable(def)).await?;
+        }
+        let state = self.request_state(exec, false);
+        let provider = {
+            let list = state.catalog_list();
+            list.catalog(CATALOG_NAME)
+                .and_then(|c| c.schema(&namespace))
+                .ok_or_else(|| Error::NotFound(format!("namespace '{namespace}' does not exist")))?
+                .table(&table)
+                .await
+                .map_err(Error::from_datafusion)?
+                .ok_or_else(|| Error::NotFound(format!("table '{namespace}.{table}' does not exist")))?
+        };
+        let view: &TableView = provider
+            .downcast_ref::<TableView>()
+            .ok_or_else(|| Error::PermissionDenied("permission denied: table is read-only".into()))?;
+        view.check_write()?;
+        let rt = &view.runtime;
+        // Match incoming columns by (case-insensitive) name and cast to the table's types.
+        let mut aligned = Vec::with_capacity(batches.len());
+        for b in &batches {
+            let cols = rt
+                .schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let idx = b.schema().fields().iter().position(|g| g.name().eq_ignore_ascii_case(f.name()));
+                    match idx {
+                        Some(i) => cast(b.column(i), f.data_type()).map_err(|e| {
+                            Error::InvalidArgument(format!("column '{}': {e}", f.name()))
+                        }),
+                        None if f.is_nullable() => Ok(arrow::array::new_null_array(f.data_type(), b.num_rows())),
+                        None => Err(Error::InvalidArgument(format!("missing required column '{}'", f.name()))),
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            aligned.push(RecordBatch::try_new(Arc::clone(&rt.schema), cols).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+        }
+        let batch = concat_batches(&rt.schema, &aligned).map_err(|e| Error::Internal(e.to_string()))?;
+        let n = batch.num_rows() as u64;
+        let first = self.seq.reserve(n.max(1));
+        let written = if mode == IngestMode::Replace && exists {
+            rt.buffer.replace_partition(view.partition(), &batch, first)?
+        } else if n == 0 {
+            0
+        } else {
+            rt.buffer.insert(view.partition(), &batch, first)?
+        };
+        Stats::add(&self.stats.rows_written, written as u64);
+        Ok(written as u64)
+    }
+}
+
+/// The stream of an [`Output`], or an empty stream for a count.
+pub fn output_schema(out: &Output) -> SchemaRef {
+    match out {
+        Output::Stream(s) => s.schema(),
+        Output::Affected(_) => Arc::new(Schema::empty()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
