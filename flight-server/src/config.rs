@@ -1,0 +1,66 @@
+//! Command-line flags; each also reads `KALAM_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// `kalam-server` options (DESIGN §2).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kalam-server", version, about = "KalamFlight: multi-tenant SQL over Arrow Flight")]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (printed as `listening on ...`).
+    #[arg(long, env = "KALAM_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory for the WAL, spill files and (by default) the object store.
+    #[arg(long, env = "KALAM_DATA_DIR", default_value = "./kalam-data")]
+    pub data_dir: PathBuf,
+    /// Configuration file (not supported by this build; refused if given).
+    #[arg(long, env = "KALAM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Object store root: file:///dir, memory:// (default: file://<data-dir>/store).
+    #[arg(long, env = "KALAM_STORAGE_URL")]
+    pub storage_url: Option<String>,
+    /// Prometheus endpoint address (not supported by this build; refused if given).
+    #[arg(long, env = "KALAM_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Memory for query operators, e.g. 2GiB, 512MiB (sorts and aggregates spill beyond it).
+    #[arg(long, env = "KALAM_MEMORY_LIMIT", default_value = "2GiB", value_parser = parse_size)]
+    pub memory_limit: usize,
+    /// TLS certificate (PEM) (not supported by this build; refused if given).
+    #[arg(long, env = "KALAM_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "KALAM_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Parses `123`, `64KiB`, `512MiB`, `2GiB` (also KB/MB/GB as powers of 1024).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("invalid size '{s}'"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit '{other}' in '{s}'")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("2XB").is_err());
+    }
+}

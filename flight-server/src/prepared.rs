@@ -1,0 +1,138 @@
+//! Prepared-statement handles: owned by the user who created them, bounded per user and in
+//! total, and dropped when idle.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use dashmap::DashMap;
+use kalam_core::engine::Described;
+use kalam_core::{Error, Result};
+
+/// Bound on open handles per user.
+pub const MAX_PER_USER: usize = 256;
+/// Bound on open handles in total.
+pub const MAX_TOTAL: usize = 65_536;
+/// A handle unused this long is dropped.
+pub const IDLE_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// One prepared statement.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// User id of the creator; nobody else may use it.
+    pub owner: Arc<str>,
+    /// The statement text.
+    pub sql: Arc<str>,
+    /// What it returns.
+    pub described: Described,
+    /// Parameters bound by the last DoPut, if any.
+    pub params: Option<RecordBatch>,
+    last_used: Instant,
+}
+
+/// The registry. Bounded by [`MAX_TOTAL`] and [`MAX_PER_USER`]; entries leave on close or idle.
+#[derive(Debug, Default)]
+pub struct PreparedStatements {
+    /// handle → statement.
+    map: DashMap<Bytes, Prepared>,
+    /// user id → open handles.
+    per_user: DashMap<Arc<str>, usize>,
+}
+
+impl PreparedStatements {
+    /// Registers a statement for `owner`, returning its handle.
+    pub fn create(&self, owner: Arc<str>, sql: &str, described: Described) -> Result<Bytes> {
+        self.sweep();
+        if self.map.len() >= MAX_TOTAL {
+            return Err(Error::ResourceExhausted("too many open prepared statements on the server".into()));
+        }
+        {
+            let mut n = self.per_user.entry(Arc::clone(&owner)).or_insert(0);
+            if *n >= MAX_PER_USER {
+                return Err(Error::ResourceExhausted(format!(
+                    "too many open prepared statements (limit {MAX_PER_USER} per user); close some"
+                )));
+            }
+            *n += 1;
+        }
+        let mut raw = [0u8; 16];
+        rand::fill(&mut raw);
+        let handle = Bytes::copy_from_slice(&raw);
+        self.map.insert(
+            handle.clone(),
+            Prepared { owner, sql: Arc::from(sql), described, params: None, last_used: Instant::now() },
+        );
+        Ok(handle)
+    }
+
+    /// The statement behind `handle`, if `user` owns it.
+    pub fn get(&self, handle: &[u8], user: &str) -> Result<Prepared> {
+        let mut entry = self
+            .map
+            .get_mut(handle)
+            .ok_or_else(|| Error::NotFound("prepared statement not found (closed or expired)".into()))?;
+        if &*entry.owner != user {
+            // Same answer as a missing handle: say nothing about other users' handles.
+            return Err(Error::NotFound("prepared statement not found (closed or expired)".into()));
+        }
+        entry.last_used = Instant::now();
+        Ok(entry.clone())
+    }
+
+    /// Binds parameters to `handle`.
+    pub fn bind(&self, handle: &[u8], user: &str, params: RecordBatch) -> Result<()> {
+        self.get(handle, user)?;
+        if let Some(mut e) = self.map.get_mut(handle) {
+            e.params = Some(params);
+        }
+        Ok(())
+    }
+
+    /// Closes `handle` if `user` owns it.
+    pub fn close(&self, handle: &[u8], user: &str) -> Result<()> {
+        self.get(handle, user)?;
+        if let Some((_, p)) = self.map.remove(handle) {
+            self.release(&p.owner);
+        }
+        Ok(())
+    }
+
+    fn release(&self, owner: &Arc<str>) {
+        let empty = match self.per_user.get_mut(owner) {
+            Some(mut n) => {
+                *n = n.saturating_sub(1);
+                *n == 0
+            }
+            None => false,
+        };
+        if empty {
+            self.per_user.remove_if(owner, |_, n| *n == 0);
+        }
+    }
+
+    /// Drops idle handles.
+    pub fn sweep(&self) {
+        let mut expired = Vec::new();
+        self.map.retain(|_, p| {
+            let keep = p.last_used.elapsed() < IDLE_TTL;
+            if !keep {
+                expired.push(Arc::clone(&p.owner));
+            }
+            keep
+        });
+        for owner in expired {
+            self.release(&owner);
+        }
+    }
+
+    /// Open handles.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// No open handles.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
