@@ -170,6 +170,12 @@ pub struct TableRuntime {
 }
 
 impl TableRuntime {
+    /// The user-column schema `def` describes.
+    pub fn schema_of(def: &TableDef) -> Result<SchemaRef> {
+        let fields = def.columns.iter().map(ColumnDef::field).collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
     fn build(def: TableDef, buffer: Option<Arc<TableBuffer>>, acct: &Arc<BufferAccounting>) -> Result<Self> {
         let fields = def.columns.iter().map(ColumnDef::field).collect::<Result<Vec<_>>>()?;
         let schema = Arc::new(Schema::new(fields.clone()));

@@ -537,8 +537,12 @@ impl Engine {
     }
 
     /// Bulk ingest (`CommandStatementIngest`), atomic: either every row lands or none.
+    ///
     /// A created table is SHARED/PRIVATE with its first column as primary key unless `options`
-    /// say otherwise (`kalam.table_type` = user|shared, `kalam.primary_key` = "a,b").
+    /// say otherwise (`kalam.table_type` = user|shared, `kalam.primary_key` = "a,b"). `Replace`
+    /// replaces the caller's partition; when the incoming columns differ from the table's, it
+    /// recreates the table (role dba), as ADBC's replace mode expects.
+    #[allow(clippy::too_many_arguments)]
     pub async fn ingest(
         &self,
         exec: &Arc<ExecutionContext>,
@@ -552,88 +556,54 @@ impl Engine {
         let namespace = namespace.to_ascii_lowercase();
         let table = table.to_ascii_lowercase();
         let existing = self.catalog.table(&namespace, &table);
-        let exists = existing.is_some();
-        match (mode, exists) {
-            (IngestMode::Create, true) => {
+        match (mode, &existing) {
+            (IngestMode::Create, Some(_)) => {
                 return Err(Error::AlreadyExists(format!("table '{namespace}.{table}' already exists")));
             }
-            (IngestMode::Append, false) => {
+            (IngestMode::Append, None) => {
                 return Err(Error::NotFound(format!("table '{namespace}.{table}' does not exist")));
             }
             _ => {}
         }
-        if !exists {
-            Self::require(exec, Role::Dba)?;
-            let kind = match options.get("kalam.table_type").map(|s| s.to_ascii_lowercase()).as_deref() {
-                None | Some("shared") => TableKind::Shared,
-                Some("user") => TableKind::User,
-                Some(other) => return Err(Error::InvalidArgument(format!("unknown kalam.table_type '{other}'"))),
-            };
-            let pk: Vec<String> = match options.get("kalam.primary_key") {
-                Some(list) => list.split(',').map(|s| s.trim().to_ascii_lowercase()).collect(),
-                None => schema.fields().first().map(|f| vec![f.name().to_ascii_lowercase()]).unwrap_or_default(),
-            };
-            let columns = schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    let name = f.name().to_ascii_lowercase();
-                    ColumnDef::new(&name, &wire_type(f.data_type()), f.is_nullable() && !pk.contains(&name))
-                })
-                .collect();
-            let def = TableDef {
-                id: self.catalog.next_table_id(),
-                namespace: namespace.clone(),
-                name: table.clone(),
-                kind,
-                access: AccessLevel::Private,
-                columns,
-                primary_key: pk,
-                ttl_seconds: None,
-                created_at_ms: now_ms(),
-            };
+        let same_columns = |rt: &crate::catalog::TableRuntime| {
+            rt.schema.fields().len() == schema.fields().len()
+                && rt.schema.fields().iter().zip(schema.fields()).all(|(a, b)| a.name().eq_ignore_ascii_case(b.name()))
+        };
+        let recreate = mode == IngestMode::Replace && existing.as_ref().is_some_and(|rt| !same_columns(rt));
+        let def = match &existing {
+            Some(rt) if !recreate => rt.def.clone(),
+            _ => {
+                Self::require(exec, Role::Dba)?;
+                self.ingest_table_def(&namespace, &table, options, &schema)?
+            }
+        };
+        // Shape and validate the rows before touching the catalog or the table.
+        let target = crate::catalog::TableRuntime::schema_of(&def)?;
+        let batch = align_to(&target, &batches)?;
+        let probe = kalam_storage::buffer::TableBuffer::new(
+            "ingest",
+            &target,
+            def.primary_key.iter().filter_map(|k| target.index_of(k).ok()).collect(),
+            Arc::new(kalam_storage::buffer::BufferAccounting::default()),
+        )?;
+        probe.insert("", &batch, 1)?;
+        drop(probe);
+
+        if recreate {
+            self.catalog.commit(CatalogEntry::DropTable { namespace: namespace.clone(), name: table.clone() }).await?;
+        }
+        if existing.is_none() || recreate {
             self.catalog.commit(CatalogEntry::CreateTable(def)).await?;
         }
-        let state = self.request_state(exec, false);
-        let provider = {
-            let list = state.catalog_list();
-            list.catalog(CATALOG_NAME)
-                .and_then(|c| c.schema(&namespace))
-                .ok_or_else(|| Error::NotFound(format!("namespace '{namespace}' does not exist")))?
-                .table(&table)
-                .await
-                .map_err(Error::from_datafusion)?
-                .ok_or_else(|| Error::NotFound(format!("table '{namespace}.{table}' does not exist")))?
-        };
-        let view: &TableView = provider
+        let view = self.table_view(exec, &namespace, &table).await?;
+        let view: &TableView = view
             .downcast_ref::<TableView>()
             .ok_or_else(|| Error::PermissionDenied("permission denied: table is read-only".into()))?;
         view.check_write()?;
         let rt = &view.runtime;
-        // Match incoming columns by (case-insensitive) name and cast to the table's types.
-        let mut aligned = Vec::with_capacity(batches.len());
-        for b in &batches {
-            let cols = rt
-                .schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    let idx = b.schema().fields().iter().position(|g| g.name().eq_ignore_ascii_case(f.name()));
-                    match idx {
-                        Some(i) => cast(b.column(i), f.data_type()).map_err(|e| {
-                            Error::InvalidArgument(format!("column '{}': {e}", f.name()))
-                        }),
-                        None if f.is_nullable() => Ok(arrow::array::new_null_array(f.data_type(), b.num_rows())),
-                        None => Err(Error::InvalidArgument(format!("missing required column '{}'", f.name()))),
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            aligned.push(RecordBatch::try_new(Arc::clone(&rt.schema), cols).map_err(|e| Error::InvalidArgument(e.to_string()))?);
-        }
-        let batch = concat_batches(&rt.schema, &aligned).map_err(|e| Error::Internal(e.to_string()))?;
         let n = batch.num_rows() as u64;
         let first = self.seq.reserve(n.max(1));
-        let written = if mode == IngestMode::Replace && exists {
+        let written = if mode == IngestMode::Replace {
             rt.buffer.replace_partition(view.partition(), &batch, first)?
         } else if n == 0 {
             0
@@ -643,6 +613,83 @@ impl Engine {
         Stats::add(&self.stats.rows_written, written as u64);
         Ok(written as u64)
     }
+
+    fn ingest_table_def(
+        &self,
+        namespace: &str,
+        table: &str,
+        options: &std::collections::HashMap<String, String>,
+        schema: &Schema,
+    ) -> Result<TableDef> {
+        let kind = match options.get("kalam.table_type").map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("shared") => TableKind::Shared,
+            Some("user") => TableKind::User,
+            Some(other) => return Err(Error::InvalidArgument(format!("unknown kalam.table_type '{other}'"))),
+        };
+        let pk: Vec<String> = match options.get("kalam.primary_key") {
+            Some(list) => list.split(',').map(|s| s.trim().to_ascii_lowercase()).collect(),
+            None => schema.fields().first().map(|f| vec![f.name().to_ascii_lowercase()]).unwrap_or_default(),
+        };
+        let columns: Vec<ColumnDef> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let name = f.name().to_ascii_lowercase();
+                ColumnDef::new(&name, &wire_type(f.data_type()), f.is_nullable() && !pk.contains(&name))
+            })
+            .collect();
+        if let Some(k) = pk.iter().find(|k| !columns.iter().any(|c| &c.name == *k)) {
+            return Err(Error::InvalidArgument(format!("primary key column '{k}' is not in the data")));
+        }
+        Ok(TableDef {
+            id: self.catalog.next_table_id(),
+            namespace: namespace.to_string(),
+            name: table.to_string(),
+            kind,
+            access: AccessLevel::Private,
+            columns,
+            primary_key: pk,
+            ttl_seconds: None,
+            created_at_ms: now_ms(),
+        })
+    }
+
+    /// The caller's view of `namespace.table`, with the role rules applied.
+    async fn table_view(&self, exec: &Arc<ExecutionContext>, namespace: &str, table: &str) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+        let state = self.request_state(exec, false);
+        state
+            .catalog_list()
+            .catalog(CATALOG_NAME)
+            .and_then(|c| c.schema(namespace))
+            .ok_or_else(|| Error::NotFound(format!("namespace '{namespace}' does not exist")))?
+            .table(table)
+            .await
+            .map_err(Error::from_datafusion)?
+            .ok_or_else(|| Error::NotFound(format!("table '{namespace}.{table}' does not exist")))
+    }
+}
+
+/// Matches incoming columns to `target` by (case-insensitive) name, casting types; missing
+/// nullable columns read as NULL. Returns one batch.
+fn align_to(target: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let mut aligned = Vec::with_capacity(batches.len());
+    for b in batches {
+        let cols = target
+            .fields()
+            .iter()
+            .map(|f| {
+                let idx = b.schema().fields().iter().position(|g| g.name().eq_ignore_ascii_case(f.name()));
+                match idx {
+                    Some(i) => cast(b.column(i), f.data_type())
+                        .map_err(|e| Error::InvalidArgument(format!("column '{}': {e}", f.name()))),
+                    None if f.is_nullable() => Ok(arrow::array::new_null_array(f.data_type(), b.num_rows())),
+                    None => Err(Error::InvalidArgument(format!("missing required column '{}'", f.name()))),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        aligned.push(RecordBatch::try_new(Arc::clone(target), cols).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+    }
+    concat_batches(target, &aligned).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// The stream of an [`Output`], or an empty stream for a count.

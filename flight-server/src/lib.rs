@@ -4,6 +4,7 @@
 //! Logic lives in `kalam-core` and `kalam-storage`; this crate owns only the network.
 //!
 //! # Layout
+//! - [`auth_layer`]: rejects calls without valid credentials before anything is decoded.
 //! - [`config`]: flags and `KALAM_*` environment variables.
 //! - [`status`]: the one mapping from core errors to gRPC status codes.
 //! - [`service`]: the `FlightSqlService` implementation.
@@ -11,6 +12,7 @@
 //! - [`metadata`]: `GetSqlInfo` / `GetXdbcTypeInfo` data.
 //! - [`server`]: start-up (catalog, root bootstrap, listener) and graceful shutdown.
 
+pub mod auth_layer;
 pub mod config;
 pub mod metadata;
 pub mod prepared;

@@ -13,6 +13,7 @@ use kalam_storage::seq::SeqAllocator;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::auth_layer::AuthLayer;
 use crate::config::Config;
 use crate::service::KalamFlightService;
 
@@ -54,7 +55,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let engine = Arc::new(Engine::new(Arc::clone(&catalog), Arc::new(SeqAllocator::new(0)), &engine_config)?);
     let auth = Arc::new(Authenticator::new(catalog, AuthConfig::default()));
-    let service = KalamFlightService::new(engine, auth);
+    let service = KalamFlightService::new(engine, Arc::clone(&auth));
 
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
@@ -67,6 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .max_encoding_message_size(MAX_ENCODING_MESSAGE);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(AuthLayer::new(auth))
         .add_service(svc)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
         .await?;

@@ -37,6 +37,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::auth_layer::TokenUser;
 use crate::metadata::{SQL_INFO, XDBC_INFO};
 use crate::prepared::PreparedStatements;
 use crate::status::{datafusion_status, to_status};
@@ -172,7 +173,13 @@ impl KalamFlightService {
             .to_str()
             .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
         let peer = req.remote_addr().map(|a| a.ip());
-        let user = if let Some(token) = strip_scheme(header, "Bearer") {
+        let user = if let Some(TokenUser(user)) = req.extensions().get::<TokenUser>() {
+            // Verified by the auth layer moments ago; re-read so the role is current.
+            self.engine
+                .catalog()
+                .user_by_id(&user.id)
+                .ok_or_else(|| Error::Unauthenticated("invalid or expired token".into()))
+        } else if let Some(token) = strip_scheme(header, "Bearer") {
             self.auth.verify_token(token)
         } else if let Some(b64) = strip_scheme(header, "Basic") {
             let auth = Arc::clone(&self.auth);

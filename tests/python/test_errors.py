@@ -30,7 +30,7 @@ def assert_still_serving(conn, table: str, expected_rows: list) -> None:
 
 INVALID_SQL = {
     "typo": "SELEC 1",
-    "garbage": "SELECT FROM WHERE",
+    "garbage": ")(*& garbage ;;",
     "truncated_where": "SELECT * FROM {t} WHERE",
     "unterminated_string": "INSERT INTO {t} (id, room, body) VALUES (1, 'unterminated)",
     "truncated_ddl": "CREATE USER TABLE {ns}.broken (id BIGINT PRIMARY KEY,",
