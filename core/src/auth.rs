@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use dashmap::DashMap;
@@ -36,7 +36,11 @@ pub fn hash_password(password: &str) -> Result<String> {
 /// Checks `password` against a PHC hash.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -102,7 +106,13 @@ impl Authenticator {
     pub fn new(catalog: Arc<Catalog>, config: AuthConfig) -> Self {
         let mut key = [0u8; 32];
         rand::fill(&mut key);
-        Self { catalog, config, key, basic_cache: DashMap::new(), failures: DashMap::new() }
+        Self {
+            catalog,
+            config,
+            key,
+            basic_cache: DashMap::new(),
+            failures: DashMap::new(),
+        }
     }
 
     fn check_rate(&self, user: &str, peer: Option<IpAddr>) -> Result<()> {
@@ -120,12 +130,16 @@ impl Authenticator {
     fn record_failure(&self, user: &str, peer: Option<IpAddr>) {
         if self.failures.len() >= FAILURES_MAX {
             let window = self.config.failure_window;
-            self.failures.retain(|_, (_, since)| since.elapsed() < window);
+            self.failures
+                .retain(|_, (_, since)| since.elapsed() < window);
             if self.failures.len() >= FAILURES_MAX {
                 self.failures.clear();
             }
         }
-        let mut e = self.failures.entry((user.to_string(), peer)).or_insert((0, Instant::now()));
+        let mut e = self
+            .failures
+            .entry((user.to_string(), peer))
+            .or_insert((0, Instant::now()));
         if e.1.elapsed() >= self.config.failure_window {
             *e = (0, Instant::now());
         }
@@ -162,10 +176,10 @@ impl Authenticator {
         let digest = *blake3::keyed_hash(&self.key, format!("basic:{b64}").as_bytes()).as_bytes();
         if let Some(hit) = self.basic_cache.get(&digest) {
             let (id, at) = hit.value().clone();
-            if at.elapsed() < self.config.basic_cache_ttl {
-                if let Some(u) = self.catalog.user_by_id(&id) {
-                    return Ok(u);
-                }
+            if at.elapsed() < self.config.basic_cache_ttl
+                && let Some(u) = self.catalog.user_by_id(&id)
+            {
+                return Ok(u);
             }
         }
         let (user, pw) = decode_basic(b64)?;
@@ -177,7 +191,8 @@ impl Authenticator {
                 self.basic_cache.clear();
             }
         }
-        self.basic_cache.insert(digest, (u.id.clone(), Instant::now()));
+        self.basic_cache
+            .insert(digest, (u.id.clone(), Instant::now()));
         Ok(u)
     }
 
@@ -235,8 +250,7 @@ impl Authenticator {
 }
 
 /// A valid argon2id hash of a random password, for constant-time failures on unknown users.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$5N9xEzA7C4G0pQ2tq5cZ4tq0o3Yy3bHcq0cJkZ3m4xM";
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$5N9xEzA7C4G0pQ2tq5cZ4tq0o3Yy3bHcq0cJkZ3m4xM";
 
 #[cfg(test)]
 mod tests {

@@ -70,7 +70,11 @@ pub struct ColumnDef {
 impl ColumnDef {
     /// A column of `data_type`.
     pub fn new(name: impl Into<String>, data_type: &DataType, nullable: bool) -> Self {
-        Self { name: name.into(), data_type: data_type.to_string(), nullable }
+        Self {
+            name: name.into(),
+            data_type: data_type.to_string(),
+            nullable,
+        }
     }
 
     fn field(&self) -> Result<Field> {
@@ -132,11 +136,19 @@ pub enum CatalogEntry {
     /// `DROP TABLE`.
     DropTable { namespace: String, name: String },
     /// `ALTER TABLE ... ADD COLUMN`.
-    AddColumn { namespace: String, table: String, column: ColumnDef },
+    AddColumn {
+        namespace: String,
+        table: String,
+        column: ColumnDef,
+    },
     /// `CREATE USER`.
     CreateUser(UserDef),
     /// `ALTER USER`.
-    AlterUser { name: String, password_hash: Option<String>, role: Option<Role> },
+    AlterUser {
+        name: String,
+        password_hash: Option<String>,
+        role: Option<Role>,
+    },
     /// `DROP USER`.
     DropUser { name: String },
 }
@@ -172,12 +184,24 @@ pub struct TableRuntime {
 impl TableRuntime {
     /// The user-column schema `def` describes.
     pub fn schema_of(def: &TableDef) -> Result<SchemaRef> {
-        let fields = def.columns.iter().map(ColumnDef::field).collect::<Result<Vec<_>>>()?;
+        let fields = def
+            .columns
+            .iter()
+            .map(ColumnDef::field)
+            .collect::<Result<Vec<_>>>()?;
         Ok(Arc::new(Schema::new(fields)))
     }
 
-    fn build(def: TableDef, buffer: Option<Arc<TableBuffer>>, acct: &Arc<BufferAccounting>) -> Result<Self> {
-        let fields = def.columns.iter().map(ColumnDef::field).collect::<Result<Vec<_>>>()?;
+    fn build(
+        def: TableDef,
+        buffer: Option<Arc<TableBuffer>>,
+        acct: &Arc<BufferAccounting>,
+    ) -> Result<Self> {
+        let fields = def
+            .columns
+            .iter()
+            .map(ColumnDef::field)
+            .collect::<Result<Vec<_>>>()?;
         let schema = Arc::new(Schema::new(fields.clone()));
         let mut with_seq = fields;
         with_seq.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
@@ -187,7 +211,10 @@ impl TableRuntime {
             .iter()
             .map(|k| {
                 schema.index_of(k).map_err(|_| {
-                    Error::Internal(format!("primary key column '{k}' missing in '{}'", def.name))
+                    Error::Internal(format!(
+                        "primary key column '{k}' missing in '{}'",
+                        def.name
+                    ))
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -200,7 +227,13 @@ impl TableRuntime {
                 Arc::clone(acct),
             )?),
         };
-        Ok(Self { def, schema, schema_with_seq, pk_indices, buffer })
+        Ok(Self {
+            def,
+            schema,
+            schema_with_seq,
+            pk_indices,
+            buffer,
+        })
     }
 
     /// `namespace.name`.
@@ -240,7 +273,10 @@ pub const SYSTEM_NAMESPACE: &str = "system";
 
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Catalog {
@@ -252,7 +288,10 @@ impl Catalog {
     ) -> Result<Self> {
         let catalog = Self {
             log: CreateOnlyLog::new(store, "catalog"),
-            state: RwLock::new(State { next_table_id: 1, ..State::default() }),
+            state: RwLock::new(State {
+                next_table_id: 1,
+                ..State::default()
+            }),
             commit_lock: tokio::sync::Mutex::new(()),
             limits,
             accounting,
@@ -303,12 +342,16 @@ impl Catalog {
         match entry {
             CatalogEntry::CreateNamespace { name } => {
                 if name == SYSTEM_NAMESPACE || st.namespaces.contains(name) {
-                    return Err(Error::AlreadyExists(format!("namespace '{name}' already exists")));
+                    return Err(Error::AlreadyExists(format!(
+                        "namespace '{name}' already exists"
+                    )));
                 }
             }
             CatalogEntry::DropNamespace { name } => {
                 if !st.namespaces.contains(name) {
-                    return Err(Error::NotFound(format!("namespace '{name}' does not exist")));
+                    return Err(Error::NotFound(format!(
+                        "namespace '{name}' does not exist"
+                    )));
                 }
                 if st.tables.keys().any(|(ns, _)| ns == name) {
                     return Err(Error::InvalidArgument(format!(
@@ -323,7 +366,10 @@ impl Catalog {
                         def.namespace
                     )));
                 }
-                if st.tables.contains_key(&(def.namespace.clone(), def.name.clone())) {
+                if st
+                    .tables
+                    .contains_key(&(def.namespace.clone(), def.name.clone()))
+                {
                     return Err(Error::AlreadyExists(format!(
                         "table '{}.{}' already exists",
                         def.namespace, def.name
@@ -338,14 +384,23 @@ impl Catalog {
             }
             CatalogEntry::DropTable { namespace, name } => {
                 if !st.tables.contains_key(&(namespace.clone(), name.clone())) {
-                    return Err(Error::NotFound(format!("table '{namespace}.{name}' does not exist")));
+                    return Err(Error::NotFound(format!(
+                        "table '{namespace}.{name}' does not exist"
+                    )));
                 }
             }
-            CatalogEntry::AddColumn { namespace, table, column } => {
+            CatalogEntry::AddColumn {
+                namespace,
+                table,
+                column,
+            } => {
                 let Some(rt) = st.tables.get(&(namespace.clone(), table.clone())) else {
-                    return Err(Error::NotFound(format!("table '{namespace}.{table}' does not exist")));
+                    return Err(Error::NotFound(format!(
+                        "table '{namespace}.{table}' does not exist"
+                    )));
                 };
-                if rt.def.columns.iter().any(|c| c.name == column.name) || column.name == SEQ_COLUMN {
+                if rt.def.columns.iter().any(|c| c.name == column.name) || column.name == SEQ_COLUMN
+                {
                     return Err(Error::AlreadyExists(format!(
                         "column '{}' already exists in '{namespace}.{table}'",
                         column.name
@@ -359,7 +414,10 @@ impl Catalog {
             }
             CatalogEntry::CreateUser(u) => {
                 if st.users.contains_key(&u.name) {
-                    return Err(Error::AlreadyExists(format!("user '{}' already exists", u.name)));
+                    return Err(Error::AlreadyExists(format!(
+                        "user '{}' already exists",
+                        u.name
+                    )));
                 }
             }
             CatalogEntry::AlterUser { name, .. } | CatalogEntry::DropUser { name } => {
@@ -383,17 +441,23 @@ impl Catalog {
             CatalogEntry::CreateTable(def) => {
                 st.next_table_id = st.next_table_id.max(def.id + 1);
                 let rt = TableRuntime::build(def.clone(), None, &self.accounting)?;
-                st.tables.insert((def.namespace.clone(), def.name.clone()), Arc::new(rt));
+                st.tables
+                    .insert((def.namespace.clone(), def.name.clone()), Arc::new(rt));
             }
             CatalogEntry::DropTable { namespace, name } => {
                 st.tables.remove(&(namespace.clone(), name.clone()));
             }
-            CatalogEntry::AddColumn { namespace, table, column } => {
+            CatalogEntry::AddColumn {
+                namespace,
+                table,
+                column,
+            } => {
                 let key = (namespace.clone(), table.clone());
                 if let Some(old) = st.tables.get(&key) {
                     let mut def = old.def.clone();
                     def.columns.push(column.clone());
-                    let rt = TableRuntime::build(def, Some(Arc::clone(&old.buffer)), &self.accounting)?;
+                    let rt =
+                        TableRuntime::build(def, Some(Arc::clone(&old.buffer)), &self.accounting)?;
                     st.tables.insert(key, Arc::new(rt));
                 }
             }
@@ -401,7 +465,11 @@ impl Catalog {
                 st.user_ids.insert(u.id.clone(), u.name.clone());
                 st.users.insert(u.name.clone(), Arc::new(u.clone()));
             }
-            CatalogEntry::AlterUser { name, password_hash, role } => {
+            CatalogEntry::AlterUser {
+                name,
+                password_hash,
+                role,
+            } => {
                 if let Some(old) = st.users.get(name) {
                     let mut u = (**old).clone();
                     if let Some(h) = password_hash {
@@ -439,7 +507,11 @@ impl Catalog {
 
     /// The runtime of `namespace.name`.
     pub fn table(&self, namespace: &str, name: &str) -> Option<Arc<TableRuntime>> {
-        self.state.read().tables.get(&(namespace.to_string(), name.to_string())).cloned()
+        self.state
+            .read()
+            .tables
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// Every table of `namespace` (or all tables), sorted by name.
@@ -501,15 +573,24 @@ mod tests {
     async fn catalog_survives_reopen_and_validates() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let acct = Arc::new(BufferAccounting::default());
-        let c = Catalog::open(Arc::clone(&store), CatalogLimits::default(), Arc::clone(&acct))
+        let c = Catalog::open(
+            Arc::clone(&store),
+            CatalogLimits::default(),
+            Arc::clone(&acct),
+        )
+        .await
+        .unwrap();
+        c.commit(CatalogEntry::CreateNamespace { name: "app".into() })
             .await
             .unwrap();
-        c.commit(CatalogEntry::CreateNamespace { name: "app".into() }).await.unwrap();
         assert!(matches!(
-            c.commit(CatalogEntry::CreateNamespace { name: "app".into() }).await,
+            c.commit(CatalogEntry::CreateNamespace { name: "app".into() })
+                .await,
             Err(Error::AlreadyExists(_))
         ));
-        c.commit(CatalogEntry::CreateTable(table("app", "m"))).await.unwrap();
+        c.commit(CatalogEntry::CreateTable(table("app", "m")))
+            .await
+            .unwrap();
         c.commit(CatalogEntry::AddColumn {
             namespace: "app".into(),
             table: "m".into(),
@@ -518,17 +599,27 @@ mod tests {
         .await
         .unwrap();
         assert!(matches!(
-            c.commit(CatalogEntry::CreateTable(table("nope", "m"))).await,
+            c.commit(CatalogEntry::CreateTable(table("nope", "m")))
+                .await,
             Err(Error::NotFound(_))
         ));
 
         // A second catalog over the same store sees everything, and a commit from the first
         // one after the second's open is picked up by the second via conflict + catch-up.
-        let c2 = Catalog::open(Arc::clone(&store), CatalogLimits::default(), acct).await.unwrap();
+        let c2 = Catalog::open(Arc::clone(&store), CatalogLimits::default(), acct)
+            .await
+            .unwrap();
         assert_eq!(c2.namespaces(), vec!["app".to_string()]);
         assert_eq!(c2.table("app", "m").unwrap().schema.fields().len(), 3);
-        c.commit(CatalogEntry::CreateNamespace { name: "b".into() }).await.unwrap();
-        c2.commit(CatalogEntry::CreateNamespace { name: "c".into() }).await.unwrap();
-        assert_eq!(c2.namespaces(), vec!["app".to_string(), "b".into(), "c".into()]);
+        c.commit(CatalogEntry::CreateNamespace { name: "b".into() })
+            .await
+            .unwrap();
+        c2.commit(CatalogEntry::CreateNamespace { name: "c".into() })
+            .await
+            .unwrap();
+        assert_eq!(
+            c2.namespaces(),
+            vec!["app".to_string(), "b".into(), "c".into()]
+        );
     }
 }

@@ -26,7 +26,9 @@ use futures::{StreamExt, TryStreamExt};
 use kalam_storage::seq::SeqAllocator;
 
 use crate::auth::hash_password;
-use crate::catalog::{AccessLevel, Catalog, CatalogEntry, ColumnDef, TableDef, TableKind, UserDef, now_ms};
+use crate::catalog::{
+    AccessLevel, Catalog, CatalogEntry, ColumnDef, TableDef, TableKind, UserDef, now_ms,
+};
 use crate::context::{ExecutionContext, Role};
 use crate::provider::{CATALOG_NAME, RequestCatalogList, RequestEnv, TableView};
 use crate::sql::{self, Statement};
@@ -113,14 +115,51 @@ pub fn wire_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
-fn conform_batch(batch: &RecordBatch, schema: &SchemaRef) -> datafusion::error::Result<RecordBatch> {
+fn conform_batch(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+) -> datafusion::error::Result<RecordBatch> {
     let cols = batch
         .columns()
         .iter()
         .zip(schema.fields())
-        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(Arc::clone(c)) } else { cast(c, f.data_type()) })
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(Arc::clone(c))
+            } else {
+                cast(c, f.data_type())
+            }
+        })
         .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
     Ok(RecordBatch::try_new(Arc::clone(schema), cols)?)
+}
+
+/// Only queries, DML and EXPLAIN of those reach DataFusion: no DataFusion DDL, COPY, SET or
+/// external tables (our DDL is handled by [`crate::sql`]).
+fn check_statement_kind(stmt: &datafusion::sql::parser::Statement) -> Result<()> {
+    use datafusion::sql::parser::Statement as DF;
+    match stmt {
+        DF::Statement(s) => match s.as_ref() {
+            ast::Statement::Query(_)
+            | ast::Statement::Insert(_)
+            | ast::Statement::Update(_)
+            | ast::Statement::Delete(_)
+            | ast::Statement::Explain { .. }
+            | ast::Statement::ShowTables { .. }
+            | ast::Statement::ShowColumns { .. } => Ok(()),
+            other => Err(Error::InvalidArgument(format!(
+                "statement not supported: {}",
+                other
+                    .to_string()
+                    .split_whitespace()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))),
+        },
+        DF::Explain(e) => check_statement_kind(&e.statement),
+        _ => Err(Error::InvalidArgument("statement not supported".into())),
+    }
 }
 
 /// Converts parameter row `row` of `params` to positional values.
@@ -135,9 +174,17 @@ fn param_values(params: &RecordBatch, row: usize) -> Result<ParamValues> {
 
 impl Engine {
     /// Builds the engine and its one `SessionContext`.
-    pub fn new(catalog: Arc<Catalog>, seq: Arc<SeqAllocator>, config: &EngineConfig) -> Result<Self> {
-        std::fs::create_dir_all(&config.spill_dir)
-            .map_err(|e| Error::Internal(format!("cannot create spill dir {}: {e}", config.spill_dir.display())))?;
+    pub fn new(
+        catalog: Arc<Catalog>,
+        seq: Arc<SeqAllocator>,
+        config: &EngineConfig,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(&config.spill_dir).map_err(|e| {
+            Error::Internal(format!(
+                "cannot create spill dir {}: {e}",
+                config.spill_dir.display()
+            ))
+        })?;
         let mut rt = RuntimeEnvBuilder::new().with_temp_file_path(config.spill_dir.clone());
         if let Some(limit) = config.memory_limit {
             rt = rt.with_memory_limit(limit, 1.0);
@@ -156,7 +203,13 @@ impl Engine {
         let session = SessionContext::new_with_config_rt(cfg, runtime);
         let stats = Arc::new(Stats::default());
         Stats::add(&stats.session_contexts_created, 1);
-        Ok(Self { session, catalog, stats, seq, memory_pool })
+        Ok(Self {
+            session,
+            catalog,
+            stats,
+            seq,
+            memory_pool,
+        })
     }
 
     /// The catalog.
@@ -185,9 +238,15 @@ impl Engine {
     }
 
     /// Resolves `EXECUTE AS USER` to the identity it runs under.
-    fn impersonate(&self, exec: &Arc<ExecutionContext>, user: &str) -> Result<Arc<ExecutionContext>> {
+    fn impersonate(
+        &self,
+        exec: &Arc<ExecutionContext>,
+        user: &str,
+    ) -> Result<Arc<ExecutionContext>> {
         if !exec.has_role(Role::Service) {
-            return Err(Error::PermissionDenied("permission denied: EXECUTE AS USER requires role service".into()));
+            return Err(Error::PermissionDenied(
+                "permission denied: EXECUTE AS USER requires role service".into(),
+            ));
         }
         let target = self
             .catalog
@@ -204,32 +263,24 @@ impl Engine {
 
     async fn plan_sql(&self, sql: &str, state: &SessionState) -> Result<LogicalPlan> {
         let dialect = state.config().options().sql_parser.dialect;
-        let stmt = state.sql_to_statement(sql, &dialect).map_err(Error::from_datafusion)?;
-        if let datafusion::sql::parser::Statement::Statement(s) = &stmt {
-            match s.as_ref() {
-                ast::Statement::Query(_)
-                | ast::Statement::Insert(_)
-                | ast::Statement::Update(_)
-                | ast::Statement::Delete(_)
-                | ast::Statement::Explain { .. }
-                | ast::Statement::ShowTables { .. }
-                | ast::Statement::ShowColumns { .. } => {}
-                other => {
-                    return Err(Error::InvalidArgument(format!(
-                        "statement not supported: {}",
-                        other.to_string().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-                    )));
-                }
-            }
-        } else {
-            return Err(Error::InvalidArgument("statement not supported".into()));
-        }
-        let plan = state.statement_to_plan(stmt).await.map_err(Error::from_datafusion)?;
+        let stmt = state
+            .sql_to_statement(sql, &dialect)
+            .map_err(Error::from_datafusion)?;
+        check_statement_kind(&stmt)?;
+        let plan = state
+            .statement_to_plan(stmt)
+            .await
+            .map_err(Error::from_datafusion)?;
         match &plan {
             LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) | LogicalPlan::Copy(_) => {
                 Err(Error::InvalidArgument("statement not supported".into()))
             }
-            LogicalPlan::Dml(d) if !matches!(d.op, WriteOp::Insert(InsertOp::Append) | WriteOp::Update | WriteOp::Delete) => {
+            LogicalPlan::Dml(d)
+                if !matches!(
+                    d.op,
+                    WriteOp::Insert(InsertOp::Append) | WriteOp::Update | WriteOp::Delete
+                ) =>
+            {
                 Err(Error::Unsupported(format!("{} is not supported", d.op)))
             }
             _ => Ok(plan),
@@ -247,7 +298,9 @@ impl Engine {
             Statement::ExecuteAs { user, sql } => {
                 let target = self.impersonate(exec, &user)?;
                 if matches!(sql::parse(&sql)?, Statement::ExecuteAs { .. }) {
-                    return Err(Error::InvalidArgument("EXECUTE AS USER cannot be nested".into()));
+                    return Err(Error::InvalidArgument(
+                        "EXECUTE AS USER cannot be nested".into(),
+                    ));
                 }
                 Box::pin(self.describe(&sql, &target)).await
             }
@@ -255,9 +308,16 @@ impl Engine {
                 let expose = sql::mentions_seq(sql);
                 let state = self.request_state(exec, expose);
                 let plan = self.plan_sql(sql, &state).await?;
-                let mut params: Vec<(String, Option<DataType>)> =
-                    plan.get_parameter_types().map_err(Error::from_datafusion)?.into_iter().collect();
-                params.sort_by_key(|(name, _)| name.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX));
+                let mut params: Vec<(String, Option<DataType>)> = plan
+                    .get_parameter_types()
+                    .map_err(Error::from_datafusion)?
+                    .into_iter()
+                    .collect();
+                params.sort_by_key(|(name, _)| {
+                    name.trim_start_matches('$')
+                        .parse::<usize>()
+                        .unwrap_or(usize::MAX)
+                });
                 let parameter_schema = Arc::new(Schema::new(
                     params
                         .into_iter()
@@ -265,9 +325,16 @@ impl Engine {
                         .collect::<Vec<_>>(),
                 ));
                 if let LogicalPlan::Dml(_) = plan {
-                    return Ok(Described { parameter_schema, ..update() });
+                    return Ok(Described {
+                        parameter_schema,
+                        ..update()
+                    });
                 }
-                Ok(Described { schema: wire_schema(plan.schema().as_arrow()), is_update: false, parameter_schema })
+                Ok(Described {
+                    schema: wire_schema(plan.schema().as_arrow()),
+                    is_update: false,
+                    parameter_schema,
+                })
             }
             _ => Ok(update()),
         }
@@ -275,39 +342,58 @@ impl Engine {
 
     /// Runs `sql` once as `exec`. With `params`, a query binds the first row; an update runs once
     /// per row and returns the total.
-    pub async fn execute(&self, sql: &str, exec: &Arc<ExecutionContext>, params: Option<&RecordBatch>) -> Result<Output> {
+    pub async fn execute(
+        &self,
+        sql: &str,
+        exec: &Arc<ExecutionContext>,
+        params: Option<&RecordBatch>,
+    ) -> Result<Output> {
         match sql::parse(sql)? {
             Statement::ExecuteAs { user, sql } => {
                 let target = self.impersonate(exec, &user)?;
                 if matches!(sql::parse(&sql)?, Statement::ExecuteAs { .. }) {
-                    return Err(Error::InvalidArgument("EXECUTE AS USER cannot be nested".into()));
+                    return Err(Error::InvalidArgument(
+                        "EXECUTE AS USER cannot be nested".into(),
+                    ));
                 }
                 Box::pin(self.execute(&sql, &target, params)).await
             }
             Statement::Sql => self.execute_sql(sql, exec, params).await,
             stmt => {
                 if params.is_some_and(|p| p.num_columns() > 0) {
-                    return Err(Error::InvalidArgument("this statement takes no parameters".into()));
+                    return Err(Error::InvalidArgument(
+                        "this statement takes no parameters".into(),
+                    ));
                 }
                 self.execute_command(stmt, exec).await.map(Output::Affected)
             }
         }
     }
 
-    async fn execute_sql(&self, sql: &str, exec: &Arc<ExecutionContext>, params: Option<&RecordBatch>) -> Result<Output> {
+    async fn execute_sql(
+        &self,
+        sql: &str,
+        exec: &Arc<ExecutionContext>,
+        params: Option<&RecordBatch>,
+    ) -> Result<Output> {
         let expose = sql::mentions_seq(sql);
         let state = self.request_state(exec, expose);
         let plan = self.plan_sql(sql, &state).await?;
         let params = params.filter(|p| p.num_columns() > 0);
         if let LogicalPlan::Dml(dml) = &plan {
             if expose {
-                return Err(Error::InvalidArgument("_seq is a system column and cannot be written".into()));
+                return Err(Error::InvalidArgument(
+                    "_seq is a system column and cannot be written".into(),
+                ));
             }
             let mut total = 0;
             match params {
                 Some(p) => {
                     for row in 0..p.num_rows() {
-                        let bound = plan.clone().with_param_values(param_values(p, row)?).map_err(Error::from_datafusion)?;
+                        let bound = plan
+                            .clone()
+                            .with_param_values(param_values(p, row)?)
+                            .map_err(Error::from_datafusion)?;
                         let LogicalPlan::Dml(dml) = bound else {
                             return Err(Error::Internal("binding changed the plan kind".into()));
                         };
@@ -320,27 +406,40 @@ impl Engine {
             return Ok(Output::Affected(total));
         }
         let plan = match params {
-            Some(p) if p.num_rows() > 0 => plan.with_param_values(param_values(p, 0)?).map_err(Error::from_datafusion)?,
+            Some(p) if p.num_rows() > 0 => plan
+                .with_param_values(param_values(p, 0)?)
+                .map_err(Error::from_datafusion)?,
             _ => plan,
         };
         let schema = wire_schema(plan.schema().as_arrow());
-        let physical = state.create_physical_plan(&plan).await.map_err(Error::from_datafusion)?;
+        let physical = state
+            .create_physical_plan(&plan)
+            .await
+            .map_err(Error::from_datafusion)?;
         let stream = execute_stream(physical, state.task_ctx()).map_err(Error::from_datafusion)?;
         Stats::add(&self.stats.queries_started, 1);
         let out_schema = Arc::clone(&schema);
         let mapped = stream.map(move |b| b.and_then(|b| conform_batch(&b, &out_schema)));
-        Ok(Output::Stream(Box::pin(RecordBatchStreamAdapter::new(schema, mapped))))
+        Ok(Output::Stream(Box::pin(RecordBatchStreamAdapter::new(
+            schema, mapped,
+        ))))
     }
 
     /// Runs the input of a DML plan and applies the result to the target's buffer.
     async fn execute_dml(&self, state: &SessionState, dml: &DmlStatement) -> Result<u64> {
         let provider = source_as_provider(&dml.target).map_err(Error::from_datafusion)?;
         let Some(view) = provider.downcast_ref::<TableView>() else {
-            return Err(Error::PermissionDenied(format!("permission denied: {} is read-only", dml.table_name)));
+            return Err(Error::PermissionDenied(format!(
+                "permission denied: {} is read-only",
+                dml.table_name
+            )));
         };
         view.check_write()?;
         let rt = &view.runtime;
-        let physical = state.create_physical_plan(&dml.input).await.map_err(Error::from_datafusion)?;
+        let physical = state
+            .create_physical_plan(&dml.input)
+            .await
+            .map_err(Error::from_datafusion)?;
         let batches: Vec<RecordBatch> = execute_stream(physical, state.task_ctx())
             .map_err(Error::from_datafusion)?
             .try_collect()
@@ -357,12 +456,20 @@ impl Engine {
                     let c = b.column_by_name(f.name()).ok_or_else(|| {
                         Error::Internal(format!("DML input lacks column {}", f.name()))
                     })?;
-                    if c.data_type() == f.data_type() { Ok(Arc::clone(c)) } else { cast(c, f.data_type()).map_err(|e| Error::InvalidArgument(e.to_string())) }
+                    if c.data_type() == f.data_type() {
+                        Ok(Arc::clone(c))
+                    } else {
+                        cast(c, f.data_type()).map_err(|e| Error::InvalidArgument(e.to_string()))
+                    }
                 })
                 .collect::<Result<Vec<_>>>()?;
-            aligned.push(RecordBatch::try_new(Arc::clone(&rt.schema), cols).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+            aligned.push(
+                RecordBatch::try_new(Arc::clone(&rt.schema), cols)
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            );
         }
-        let batch = concat_batches(&rt.schema, &aligned).map_err(|e| Error::Internal(e.to_string()))?;
+        let batch =
+            concat_batches(&rt.schema, &aligned).map_err(|e| Error::Internal(e.to_string()))?;
         let n = batch.num_rows() as u64;
         let part = view.partition();
         let written = match dml.op {
@@ -375,7 +482,9 @@ impl Engine {
             }
             WriteOp::Update => {
                 if rt.def.kind == TableKind::Stream {
-                    return Err(Error::InvalidArgument("STREAM tables are append-only".into()));
+                    return Err(Error::InvalidArgument(
+                        "STREAM tables are append-only".into(),
+                    ));
                 }
                 if n == 0 {
                     return Ok(0);
@@ -386,7 +495,9 @@ impl Engine {
             }
             WriteOp::Delete => {
                 if rt.def.kind == TableKind::Stream {
-                    return Err(Error::InvalidArgument("STREAM tables are append-only".into()));
+                    return Err(Error::InvalidArgument(
+                        "STREAM tables are append-only".into(),
+                    ));
                 }
                 rt.buffer.delete(part, &batch)?
             }
@@ -400,9 +511,17 @@ impl Engine {
     fn check_pk_unchanged(&self, dml: &DmlStatement) -> Result<()> {
         if let LogicalPlan::Projection(p) = dml.input.as_ref() {
             let provider = source_as_provider(&dml.target).map_err(Error::from_datafusion)?;
-            let Some(view) = provider.downcast_ref::<TableView>() else { return Ok(()) };
+            let Some(view) = provider.downcast_ref::<TableView>() else {
+                return Ok(());
+            };
             for (expr, field) in p.expr.iter().zip(p.schema.fields()) {
-                if view.runtime.def.primary_key.iter().any(|k| k == field.name()) {
+                if view
+                    .runtime
+                    .def
+                    .primary_key
+                    .iter()
+                    .any(|k| k == field.name())
+                {
                     let untouched = matches!(expr.clone().unalias(), datafusion::logical_expr::Expr::Column(ref c) if c.name == *field.name());
                     if !untouched {
                         return Err(Error::InvalidArgument(format!(
@@ -420,7 +539,9 @@ impl Engine {
         if exec.has_role(role) {
             Ok(())
         } else {
-            Err(Error::PermissionDenied(format!("permission denied: requires role {role}")))
+            Err(Error::PermissionDenied(format!(
+                "permission denied: requires role {role}"
+            )))
         }
     }
 
@@ -429,27 +550,44 @@ impl Engine {
             Self::require(exec, Role::Dba)?;
         }
         let res = match stmt {
-            Statement::CreateNamespace { name, if_not_exists } => {
+            Statement::CreateNamespace {
+                name,
+                if_not_exists,
+            } => {
                 if if_not_exists && self.catalog.namespace_exists(&name) {
                     return Ok(0);
                 }
-                self.catalog.commit(CatalogEntry::CreateNamespace { name }).await
+                self.catalog
+                    .commit(CatalogEntry::CreateNamespace { name })
+                    .await
             }
-            Statement::DropNamespace { name, if_exists, cascade } => {
-                if !self.catalog.namespace_exists(&name) || name == crate::catalog::SYSTEM_NAMESPACE {
+            Statement::DropNamespace {
+                name,
+                if_exists,
+                cascade,
+            } => {
+                if !self.catalog.namespace_exists(&name) || name == crate::catalog::SYSTEM_NAMESPACE
+                {
                     if if_exists {
                         return Ok(0);
                     }
-                    return Err(Error::NotFound(format!("namespace '{name}' does not exist")));
+                    return Err(Error::NotFound(format!(
+                        "namespace '{name}' does not exist"
+                    )));
                 }
                 if cascade {
                     for t in self.catalog.tables(Some(&name)) {
                         self.catalog
-                            .commit(CatalogEntry::DropTable { namespace: name.clone(), name: t.def.name.clone() })
+                            .commit(CatalogEntry::DropTable {
+                                namespace: name.clone(),
+                                name: t.def.name.clone(),
+                            })
                             .await?;
                     }
                 }
-                self.catalog.commit(CatalogEntry::DropNamespace { name }).await
+                self.catalog
+                    .commit(CatalogEntry::DropNamespace { name })
+                    .await
             }
             Statement::CreateTable(ct) => {
                 if ct.if_not_exists && self.catalog.table(&ct.namespace, &ct.name).is_some() {
@@ -461,27 +599,52 @@ impl Engine {
                     name: ct.name,
                     kind: ct.kind,
                     access: ct.access,
-                    columns: ct.columns.iter().map(|(n, t, null)| ColumnDef::new(n, t, *null)).collect(),
+                    columns: ct
+                        .columns
+                        .iter()
+                        .map(|(n, t, null)| ColumnDef::new(n, t, *null))
+                        .collect(),
                     primary_key: ct.primary_key,
                     ttl_seconds: ct.ttl_seconds,
                     created_at_ms: now_ms(),
                 };
                 self.catalog.commit(CatalogEntry::CreateTable(def)).await
             }
-            Statement::DropTable { namespace, name, if_exists } => {
+            Statement::DropTable {
+                namespace,
+                name,
+                if_exists,
+            } => {
                 if if_exists && self.catalog.table(&namespace, &name).is_none() {
                     return Ok(0);
                 }
-                self.catalog.commit(CatalogEntry::DropTable { namespace, name }).await
-            }
-            Statement::AddColumn { namespace, table, column, data_type } => {
                 self.catalog
-                    .commit(CatalogEntry::AddColumn { namespace, table, column: ColumnDef::new(column, &data_type, true) })
+                    .commit(CatalogEntry::DropTable { namespace, name })
                     .await
             }
-            Statement::CreateUser { name, password, role } => {
+            Statement::AddColumn {
+                namespace,
+                table,
+                column,
+                data_type,
+            } => {
+                self.catalog
+                    .commit(CatalogEntry::AddColumn {
+                        namespace,
+                        table,
+                        column: ColumnDef::new(column, &data_type, true),
+                    })
+                    .await
+            }
+            Statement::CreateUser {
+                name,
+                password,
+                role,
+            } => {
                 if role > exec.role {
-                    return Err(Error::PermissionDenied("permission denied: cannot grant a role above your own".into()));
+                    return Err(Error::PermissionDenied(
+                        "permission denied: cannot grant a role above your own".into(),
+                    ));
                 }
                 let hash = tokio::task::spawn_blocking(move || hash_password(&password))
                     .await
@@ -490,12 +653,24 @@ impl Engine {
                 rand::fill(&mut id);
                 let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
                 self.catalog
-                    .commit(CatalogEntry::CreateUser(UserDef { id, name, password_hash: hash, role, created_at_ms: now_ms() }))
+                    .commit(CatalogEntry::CreateUser(UserDef {
+                        id,
+                        name,
+                        password_hash: hash,
+                        role,
+                        created_at_ms: now_ms(),
+                    }))
                     .await
             }
-            Statement::AlterUser { name, password, role } => {
+            Statement::AlterUser {
+                name,
+                password,
+                role,
+            } => {
                 if role.is_some_and(|r| r > exec.role) {
-                    return Err(Error::PermissionDenied("permission denied: cannot grant a role above your own".into()));
+                    return Err(Error::PermissionDenied(
+                        "permission denied: cannot grant a role above your own".into(),
+                    ));
                 }
                 let password_hash = match password {
                     Some(pw) => Some(
@@ -505,31 +680,42 @@ impl Engine {
                     ),
                     None => None,
                 };
-                self.catalog.commit(CatalogEntry::AlterUser { name, password_hash, role }).await
+                self.catalog
+                    .commit(CatalogEntry::AlterUser {
+                        name,
+                        password_hash,
+                        role,
+                    })
+                    .await
             }
             Statement::DropUser { name, if_exists } => {
                 if if_exists && self.catalog.user(&name).is_none() {
                     return Ok(0);
                 }
                 if *name == *exec.user_name {
-                    return Err(Error::InvalidArgument("you cannot drop the user you are logged in as".into()));
+                    return Err(Error::InvalidArgument(
+                        "you cannot drop the user you are logged in as".into(),
+                    ));
                 }
                 self.catalog.commit(CatalogEntry::DropUser { name }).await
             }
             Statement::FlushTable { namespace, name } => {
                 if self.catalog.table(&namespace, &name).is_none() {
-                    return Err(Error::NotFound(format!("table '{namespace}.{name}' does not exist")));
+                    return Err(Error::NotFound(format!(
+                        "table '{namespace}.{name}' does not exist"
+                    )));
                 }
                 Err(Error::Unsupported(
-                    "FLUSH TABLE needs durable Parquet storage, which this build does not have yet".into(),
+                    "FLUSH TABLE needs durable Parquet storage, which this build does not have yet"
+                        .into(),
                 ))
             }
             Statement::KillLiveQuery { id } => {
                 Err(Error::NotFound(format!("live query '{id}' does not exist")))
             }
-            Statement::ExecuteAs { .. } | Statement::Sql => {
-                Err(Error::Internal("statement routed to the wrong executor".into()))
-            }
+            Statement::ExecuteAs { .. } | Statement::Sql => Err(Error::Internal(
+                "statement routed to the wrong executor".into(),
+            )),
         };
         res?;
         Stats::add(&self.stats.statements_executed, 1);
@@ -558,18 +744,28 @@ impl Engine {
         let existing = self.catalog.table(&namespace, &table);
         match (mode, &existing) {
             (IngestMode::Create, Some(_)) => {
-                return Err(Error::AlreadyExists(format!("table '{namespace}.{table}' already exists")));
+                return Err(Error::AlreadyExists(format!(
+                    "table '{namespace}.{table}' already exists"
+                )));
             }
             (IngestMode::Append, None) => {
-                return Err(Error::NotFound(format!("table '{namespace}.{table}' does not exist")));
+                return Err(Error::NotFound(format!(
+                    "table '{namespace}.{table}' does not exist"
+                )));
             }
             _ => {}
         }
         let same_columns = |rt: &crate::catalog::TableRuntime| {
             rt.schema.fields().len() == schema.fields().len()
-                && rt.schema.fields().iter().zip(schema.fields()).all(|(a, b)| a.name().eq_ignore_ascii_case(b.name()))
+                && rt
+                    .schema
+                    .fields()
+                    .iter()
+                    .zip(schema.fields())
+                    .all(|(a, b)| a.name().eq_ignore_ascii_case(b.name()))
         };
-        let recreate = mode == IngestMode::Replace && existing.as_ref().is_some_and(|rt| !same_columns(rt));
+        let recreate =
+            mode == IngestMode::Replace && existing.as_ref().is_some_and(|rt| !same_columns(rt));
         let def = match &existing {
             Some(rt) if !recreate => rt.def.clone(),
             _ => {
@@ -583,28 +779,37 @@ impl Engine {
         let probe = kalam_storage::buffer::TableBuffer::new(
             "ingest",
             &target,
-            def.primary_key.iter().filter_map(|k| target.index_of(k).ok()).collect(),
+            def.primary_key
+                .iter()
+                .filter_map(|k| target.index_of(k).ok())
+                .collect(),
             Arc::new(kalam_storage::buffer::BufferAccounting::default()),
         )?;
         probe.insert("", &batch, 1)?;
         drop(probe);
 
         if recreate {
-            self.catalog.commit(CatalogEntry::DropTable { namespace: namespace.clone(), name: table.clone() }).await?;
+            self.catalog
+                .commit(CatalogEntry::DropTable {
+                    namespace: namespace.clone(),
+                    name: table.clone(),
+                })
+                .await?;
         }
         if existing.is_none() || recreate {
             self.catalog.commit(CatalogEntry::CreateTable(def)).await?;
         }
         let view = self.table_view(exec, &namespace, &table).await?;
-        let view: &TableView = view
-            .downcast_ref::<TableView>()
-            .ok_or_else(|| Error::PermissionDenied("permission denied: table is read-only".into()))?;
+        let view: &TableView = view.downcast_ref::<TableView>().ok_or_else(|| {
+            Error::PermissionDenied("permission denied: table is read-only".into())
+        })?;
         view.check_write()?;
         let rt = &view.runtime;
         let n = batch.num_rows() as u64;
         let first = self.seq.reserve(n.max(1));
         let written = if mode == IngestMode::Replace {
-            rt.buffer.replace_partition(view.partition(), &batch, first)?
+            rt.buffer
+                .replace_partition(view.partition(), &batch, first)?
         } else if n == 0 {
             0
         } else {
@@ -621,25 +826,46 @@ impl Engine {
         options: &std::collections::HashMap<String, String>,
         schema: &Schema,
     ) -> Result<TableDef> {
-        let kind = match options.get("kalam.table_type").map(|s| s.to_ascii_lowercase()).as_deref() {
+        let kind = match options
+            .get("kalam.table_type")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
             None | Some("shared") => TableKind::Shared,
             Some("user") => TableKind::User,
-            Some(other) => return Err(Error::InvalidArgument(format!("unknown kalam.table_type '{other}'"))),
+            Some(other) => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown kalam.table_type '{other}'"
+                )));
+            }
         };
         let pk: Vec<String> = match options.get("kalam.primary_key") {
-            Some(list) => list.split(',').map(|s| s.trim().to_ascii_lowercase()).collect(),
-            None => schema.fields().first().map(|f| vec![f.name().to_ascii_lowercase()]).unwrap_or_default(),
+            Some(list) => list
+                .split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect(),
+            None => schema
+                .fields()
+                .first()
+                .map(|f| vec![f.name().to_ascii_lowercase()])
+                .unwrap_or_default(),
         };
         let columns: Vec<ColumnDef> = schema
             .fields()
             .iter()
             .map(|f| {
                 let name = f.name().to_ascii_lowercase();
-                ColumnDef::new(&name, &wire_type(f.data_type()), f.is_nullable() && !pk.contains(&name))
+                ColumnDef::new(
+                    &name,
+                    &wire_type(f.data_type()),
+                    f.is_nullable() && !pk.contains(&name),
+                )
             })
             .collect();
         if let Some(k) = pk.iter().find(|k| !columns.iter().any(|c| &c.name == *k)) {
-            return Err(Error::InvalidArgument(format!("primary key column '{k}' is not in the data")));
+            return Err(Error::InvalidArgument(format!(
+                "primary key column '{k}' is not in the data"
+            )));
         }
         Ok(TableDef {
             id: self.catalog.next_table_id(),
@@ -655,7 +881,12 @@ impl Engine {
     }
 
     /// The caller's view of `namespace.table`, with the role rules applied.
-    async fn table_view(&self, exec: &Arc<ExecutionContext>, namespace: &str, table: &str) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    async fn table_view(
+        &self,
+        exec: &Arc<ExecutionContext>,
+        namespace: &str,
+        table: &str,
+    ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
         let state = self.request_state(exec, false);
         state
             .catalog_list()
@@ -678,16 +909,28 @@ fn align_to(target: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> 
             .fields()
             .iter()
             .map(|f| {
-                let idx = b.schema().fields().iter().position(|g| g.name().eq_ignore_ascii_case(f.name()));
+                let idx = b
+                    .schema()
+                    .fields()
+                    .iter()
+                    .position(|g| g.name().eq_ignore_ascii_case(f.name()));
                 match idx {
                     Some(i) => cast(b.column(i), f.data_type())
                         .map_err(|e| Error::InvalidArgument(format!("column '{}': {e}", f.name()))),
-                    None if f.is_nullable() => Ok(arrow::array::new_null_array(f.data_type(), b.num_rows())),
-                    None => Err(Error::InvalidArgument(format!("missing required column '{}'", f.name()))),
+                    None if f.is_nullable() => {
+                        Ok(arrow::array::new_null_array(f.data_type(), b.num_rows()))
+                    }
+                    None => Err(Error::InvalidArgument(format!(
+                        "missing required column '{}'",
+                        f.name()
+                    ))),
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        aligned.push(RecordBatch::try_new(Arc::clone(target), cols).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+        aligned.push(
+            RecordBatch::try_new(Arc::clone(target), cols)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+        );
     }
     concat_batches(target, &aligned).map_err(|e| Error::Internal(e.to_string()))
 }

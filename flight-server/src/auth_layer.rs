@@ -37,7 +37,10 @@ impl<S> tower::Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService { inner, auth: Arc::clone(&self.auth) }
+        AuthService {
+            inner,
+            auth: Arc::clone(&self.auth),
+        }
     }
 }
 
@@ -65,7 +68,10 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if req.uri().path() != HANDSHAKE_PATH {
-            let header = req.headers().get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+            let header = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|h| h.to_str().ok());
             let verdict = match header.and_then(|h| h.split_once(' ')) {
                 Some((scheme, token)) if scheme.eq_ignore_ascii_case("Bearer") => {
                     match self.auth.verify_token(token.trim()) {
@@ -77,11 +83,17 @@ where
                     }
                 }
                 Some((scheme, _)) if scheme.eq_ignore_ascii_case("Basic") => Ok(()),
-                Some(_) => Err(Status::unauthenticated("unsupported authorization scheme (use Bearer or Basic)")),
+                Some(_) => Err(Status::unauthenticated(
+                    "unsupported authorization scheme (use Bearer or Basic)",
+                )),
                 None => Err(Status::unauthenticated("missing authorization header")),
             };
             if let Err(status) = verdict {
-                tracing::debug!(path = req.uri().path(), message = status.message(), "rejected unauthenticated call");
+                tracing::debug!(
+                    path = req.uri().path(),
+                    message = status.message(),
+                    "rejected unauthenticated call"
+                );
                 return Box::pin(async move { Ok(status.into_http()) });
             }
         }

@@ -7,7 +7,11 @@ use clap::Parser;
 
 /// `kalam-server` options (DESIGN §2).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "kalam-server", version, about = "KalamFlight: multi-tenant SQL over Arrow Flight")]
+#[command(
+    name = "kalam-server",
+    version,
+    about = "KalamFlight: multi-tenant SQL over Arrow Flight"
+)]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port (printed as `listening on ...`).
     #[arg(long, env = "KALAM_LISTEN", default_value = "127.0.0.1:50051")]
@@ -27,6 +31,9 @@ pub struct Config {
     /// Memory for query operators, e.g. 2GiB, 512MiB (sorts and aggregates spill beyond it).
     #[arg(long, env = "KALAM_MEMORY_LIMIT", default_value = "2GiB", value_parser = parse_size)]
     pub memory_limit: usize,
+    /// Lifetime of bearer tokens issued by Handshake, in seconds.
+    #[arg(long, env = "KALAM_TOKEN_TTL_SECS", default_value_t = 24 * 3600)]
+    pub token_ttl_secs: u64,
     /// TLS certificate (PEM) (not supported by this build; refused if given).
     #[arg(long, env = "KALAM_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -49,7 +56,8 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "t" | "tb" | "tib" => 1 << 40,
         other => return Err(format!("unknown size unit '{other}' in '{s}'")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size '{s}' is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
 }
 
 #[cfg(test)]

@@ -45,7 +45,9 @@ impl PreparedStatements {
     pub fn create(&self, owner: Arc<str>, sql: &str, described: Described) -> Result<Bytes> {
         self.sweep();
         if self.map.len() >= MAX_TOTAL {
-            return Err(Error::ResourceExhausted("too many open prepared statements on the server".into()));
+            return Err(Error::ResourceExhausted(
+                "too many open prepared statements on the server".into(),
+            ));
         }
         {
             let mut n = self.per_user.entry(Arc::clone(&owner)).or_insert(0);
@@ -61,20 +63,27 @@ impl PreparedStatements {
         let handle = Bytes::copy_from_slice(&raw);
         self.map.insert(
             handle.clone(),
-            Prepared { owner, sql: Arc::from(sql), described, params: None, last_used: Instant::now() },
+            Prepared {
+                owner,
+                sql: Arc::from(sql),
+                described,
+                params: None,
+                last_used: Instant::now(),
+            },
         );
         Ok(handle)
     }
 
     /// The statement behind `handle`, if `user` owns it.
     pub fn get(&self, handle: &[u8], user: &str) -> Result<Prepared> {
-        let mut entry = self
-            .map
-            .get_mut(handle)
-            .ok_or_else(|| Error::NotFound("prepared statement not found (closed or expired)".into()))?;
+        let mut entry = self.map.get_mut(handle).ok_or_else(|| {
+            Error::NotFound("prepared statement not found (closed or expired)".into())
+        })?;
         if &*entry.owner != user {
             // Same answer as a missing handle: say nothing about other users' handles.
-            return Err(Error::NotFound("prepared statement not found (closed or expired)".into()));
+            return Err(Error::NotFound(
+                "prepared statement not found (closed or expired)".into(),
+            ));
         }
         entry.last_used = Instant::now();
         Ok(entry.clone())

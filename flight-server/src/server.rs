@@ -51,13 +51,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         memory_limit: Some(config.memory_limit),
         spill_dir: data_dir.join("spill"),
         batch_size: 8192,
-        target_partitions: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        target_partitions: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
     };
-    let engine = Arc::new(Engine::new(Arc::clone(&catalog), Arc::new(SeqAllocator::new(0)), &engine_config)?);
-    let auth = Arc::new(Authenticator::new(catalog, AuthConfig::default()));
+    let engine = Arc::new(Engine::new(
+        Arc::clone(&catalog),
+        Arc::new(SeqAllocator::new(0)),
+        &engine_config,
+    )?);
+    let auth_config = AuthConfig {
+        token_ttl: std::time::Duration::from_secs(config.token_ttl_secs),
+        ..AuthConfig::default()
+    };
+    let auth = Arc::new(Authenticator::new(catalog, auth_config));
     let service = KalamFlightService::new(engine, Arc::clone(&auth));
 
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     // Tests and scripts wait for this exact line.
     println!("listening on {addr}");
@@ -66,15 +78,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let svc = FlightServiceServer::new(service)
         .max_decoding_message_size(MAX_DECODING_MESSAGE)
         .max_encoding_message_size(MAX_ENCODING_MESSAGE);
-    tonic::transport::Server::builder()
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .layer(AuthLayer::new(auth))
         .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    let mut serve = std::pin::pin!(serve);
+    tokio::select! {
+        res = &mut serve => res?,
+        () = shutdown_signal() => {
+            // Stop accepting; let in-flight calls finish, but do not wait forever on idle
+            // client connections.
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await {
+                Ok(res) => res?,
+                Err(_) => tracing::warn!("in-flight calls still running after {SHUTDOWN_GRACE:?}; exiting"),
+            }
+        }
+    }
     tracing::info!("KalamFlight stopped");
     Ok(())
 }
+
+/// How long shutdown waits for in-flight calls.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -108,7 +138,10 @@ async fn bootstrap_root(catalog: &Catalog) -> anyhow::Result<()> {
         _ => {
             let mut raw = [0u8; 18];
             rand::fill(&mut raw);
-            (raw.iter().map(|b| format!("{b:02x}")).collect::<String>(), true)
+            (
+                raw.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                true,
+            )
         }
     };
     let hash = hash_password(&password)?;

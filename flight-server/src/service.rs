@@ -14,15 +14,17 @@ use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
-    CommandGetCatalogs, CommandGetDbSchemas, CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes,
-    CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
-    CommandStatementIngest, CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt,
-    SqlInfo, TableExistsOption, TableNotExistOption, TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
+    CommandStatementIngest, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TableExistsOption, TableNotExistOption,
+    TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    SchemaAsIpc, Ticket,
+    Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
 };
 
 use bytes::Bytes;
@@ -92,11 +94,17 @@ fn decode_ticket(raw: &[u8]) -> Result<(&str, &str), Status> {
 fn schema_bytes(schema: &Schema) -> Result<Bytes, Status> {
     let IpcMessage(b) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
         .try_into()
-        .map_err(|e: arrow::error::ArrowError| Status::internal(format!("cannot encode schema: {e}")))?;
+        .map_err(|e: arrow::error::ArrowError| {
+            Status::internal(format!("cannot encode schema: {e}"))
+        })?;
     Ok(b)
 }
 
-fn flight_info(schema: &Schema, ticket: Bytes, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+fn flight_info(
+    schema: &Schema,
+    ticket: Bytes,
+    descriptor: FlightDescriptor,
+) -> Result<FlightInfo, Status> {
     let info = FlightInfo::new()
         .try_with_schema(schema)
         .map_err(|e| Status::internal(format!("cannot encode schema: {e}")))?;
@@ -106,7 +114,11 @@ fn flight_info(schema: &Schema, ticket: Bytes, descriptor: FlightDescriptor) -> 
 /// FlightInfo for a statement. DDL/DML announce no schema: clients (the ADBC Go driver) then
 /// fetch the first endpoint synchronously to learn it, so the statement has run by the time
 /// their `execute` returns and the next statement sees its effects.
-fn statement_info(described: &Described, ticket: Bytes, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+fn statement_info(
+    described: &Described,
+    ticket: Bytes,
+    descriptor: FlightDescriptor,
+) -> Result<FlightInfo, Status> {
     if described.is_update {
         Ok(with_endpoint(FlightInfo::new(), ticket, descriptor))
     } else {
@@ -122,13 +134,20 @@ fn with_endpoint(info: FlightInfo, ticket: Bytes, descriptor: FlightDescriptor) 
 }
 
 /// Encodes a batch stream as Flight data. Errors after data has been sent still reach the client.
-fn encode(schema: SchemaRef, batches: datafusion::execution::SendableRecordBatchStream, request_id: Arc<str>) -> BoxStream<FlightData> {
+fn encode(
+    schema: SchemaRef,
+    batches: datafusion::execution::SendableRecordBatchStream,
+    request_id: Arc<str>,
+) -> BoxStream<FlightData> {
     let rid = Arc::clone(&request_id);
     let input = batches.map_err(move |e| FlightError::Tonic(Box::new(datafusion_status(e, &rid))));
-    let out = FlightDataEncoderBuilder::new().with_schema(schema).build(input).map_err(|e| match e {
-        FlightError::Tonic(s) => *s,
-        other => Status::internal(format!("encoding failed: {other}")),
-    });
+    let out = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(input)
+        .map_err(|e| match e {
+            FlightError::Tonic(s) => *s,
+            other => Status::internal(format!("encoding failed: {other}")),
+        });
     Box::pin(out)
 }
 
@@ -143,9 +162,13 @@ fn one_batch(batch: RecordBatch) -> BoxStream<FlightData> {
 
 /// Reads every record batch of a DoPut stream (the first message carries the descriptor and,
 /// for data, the schema).
-async fn read_batches(request: Request<PeekableFlightDataStream>) -> Result<(Option<SchemaRef>, Vec<RecordBatch>), Status> {
+async fn read_batches(
+    request: Request<PeekableFlightDataStream>,
+) -> Result<(Option<SchemaRef>, Vec<RecordBatch>), Status> {
     // `into_peekable` keeps the first message (descriptor + schema) that dispatch peeked at.
     let inner = request.into_inner().into_peekable();
+    // Some clients (arrow-rs) send a descriptor-only message with no IPC header: skip it.
+    let inner = inner.try_filter(|fd| futures::future::ready(!fd.data_header.is_empty()));
     let mut s = FlightRecordBatchStream::new_from_flight_data(inner.map_err(FlightError::from));
     let mut out = Vec::new();
     while let Some(b) = s.next().await {
@@ -160,7 +183,11 @@ async fn read_batches(request: Request<PeekableFlightDataStream>) -> Result<(Opt
 impl KalamFlightService {
     /// A service over `engine`.
     pub fn new(engine: Arc<Engine>, auth: Arc<Authenticator>) -> Self {
-        Self { engine, auth, prepared: Arc::new(PreparedStatements::default()) }
+        Self {
+            engine,
+            auth,
+            prepared: Arc::new(PreparedStatements::default()),
+        }
     }
 
     /// Checks the `authorization` header (Bearer token, or Basic for BI tools).
@@ -188,7 +215,9 @@ impl KalamFlightService {
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
         } else {
-            Err(Error::Unauthenticated("unsupported authorization scheme".into()))
+            Err(Error::Unauthenticated(
+                "unsupported authorization scheme".into(),
+            ))
         };
         let user = user.map_err(|e| to_status(e, &request_id))?;
         let exec = Authenticator::context_for(&user, request_id);
@@ -196,17 +225,36 @@ impl KalamFlightService {
         Ok(Caller { exec })
     }
 
-    async fn statement_stream(&self, caller: &Caller, sql: &str, params: Option<&RecordBatch>) -> Result<BoxStream<FlightData>, Status> {
+    async fn statement_stream(
+        &self,
+        caller: &Caller,
+        sql: &str,
+        params: Option<&RecordBatch>,
+    ) -> Result<BoxStream<FlightData>, Status> {
         let span = tracing::info_span!("query", request_id = %caller.exec.request_id, user = %caller.exec.user_name);
-        let out = self.engine.execute(sql, &caller.exec, params).instrument(span).await.map_err(|e| caller.status(e))?;
+        let out = self
+            .engine
+            .execute(sql, &caller.exec, params)
+            .instrument(span)
+            .await
+            .map_err(|e| caller.status(e))?;
         Ok(match out {
             Output::Stream(s) => encode(s.schema(), s, Arc::clone(&caller.exec.request_id)),
             Output::Affected(_) => one_batch(RecordBatch::new_empty(Arc::new(Schema::empty()))),
         })
     }
 
-    async fn update(&self, caller: &Caller, sql: &str, params: Option<&RecordBatch>) -> Result<i64, Status> {
-        let out = self.engine.execute(sql, &caller.exec, params).await.map_err(|e| caller.status(e))?;
+    async fn update(
+        &self,
+        caller: &Caller,
+        sql: &str,
+        params: Option<&RecordBatch>,
+    ) -> Result<i64, Status> {
+        let out = self
+            .engine
+            .execute(sql, &caller.exec, params)
+            .await
+            .map_err(|e| caller.status(e))?;
         match out {
             Output::Affected(n) => Ok(n as i64),
             Output::Stream(mut s) => {
@@ -220,15 +268,26 @@ impl KalamFlightService {
     }
 
     /// Namespaces and tables this caller may see, as (namespace, table, type, schema).
-    async fn visible_tables(&self, caller: &Caller) -> Result<Vec<(String, String, &'static str, SchemaRef)>, Status> {
+    async fn visible_tables(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<(String, String, &'static str, SchemaRef)>, Status> {
         let state = self.engine.request_state(&caller.exec, false);
-        let Some(cat) = state.catalog_list().catalog(CATALOG_NAME) else { return Ok(vec![]) };
+        let Some(cat) = state.catalog_list().catalog(CATALOG_NAME) else {
+            return Ok(vec![]);
+        };
         let mut out = Vec::new();
         for ns in cat.schema_names() {
-            let Some(schema) = cat.schema(&ns) else { continue };
+            let Some(schema) = cat.schema(&ns) else {
+                continue;
+            };
             for t in schema.table_names() {
                 if let Ok(Some(p)) = schema.table(&t).await {
-                    let kind = if ns == SYSTEM_NAMESPACE { "SYSTEM TABLE" } else { "TABLE" };
+                    let kind = if ns == SYSTEM_NAMESPACE {
+                        "SYSTEM TABLE"
+                    } else {
+                        "TABLE"
+                    };
                     out.push((ns.clone(), t, kind, p.schema()));
                 }
             }
@@ -249,14 +308,20 @@ impl FlightSqlService for KalamFlightService {
     async fn do_handshake(
         &self,
         request: Request<Streaming<HandshakeRequest>>,
-    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
         // ADBC sends no HandshakeRequest at all: credentials come only from the header.
         let header = request
             .metadata()
             .get("authorization")
             .and_then(|h| h.to_str().ok())
-            .ok_or_else(|| Status::unauthenticated("handshake needs authorization: Basic <credentials>"))?;
-        let b64 = strip_scheme(header, "Basic").ok_or_else(|| Status::unauthenticated("handshake needs Basic credentials"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated("handshake needs authorization: Basic <credentials>")
+            })?;
+        let b64 = strip_scheme(header, "Basic")
+            .ok_or_else(|| Status::unauthenticated("handshake needs Basic credentials"))?;
         let request_id = new_request_id();
         let (user, pw) = decode_basic(b64).map_err(|e| to_status(e, &request_id))?;
         let peer = request.remote_addr().map(|a| a.ip());
@@ -271,9 +336,13 @@ impl FlightSqlService for KalamFlightService {
             .parse()
             .map_err(|_| Status::internal("token is not a valid header value"))?;
         let payload = Bytes::from(token.into_bytes());
-        let out = stream::iter([Ok(HandshakeResponse { protocol_version: 0, payload })]);
-        let mut resp: Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>> =
-            Response::new(Box::pin(out));
+        let out = stream::iter([Ok(HandshakeResponse {
+            protocol_version: 0,
+            payload,
+        })]);
+        let mut resp: Response<
+            Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>,
+        > = Response::new(Box::pin(out));
         resp.metadata_mut().insert("authorization", header_value);
         Ok(resp)
     }
@@ -284,9 +353,19 @@ impl FlightSqlService for KalamFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = self.caller(&request).await?;
-        let described = self.engine.describe(&query.query, &caller.exec).await.map_err(|e| caller.status(e))?;
-        let ticket = TicketStatementQuery { statement_handle: encode_ticket(&caller.exec.user_id, &query.query) };
-        let info = statement_info(&described, ticket.as_any().encode_to_vec().into(), request.into_inner())?;
+        let described = self
+            .engine
+            .describe(&query.query, &caller.exec)
+            .await
+            .map_err(|e| caller.status(e))?;
+        let ticket = TicketStatementQuery {
+            statement_handle: encode_ticket(&caller.exec.user_id, &query.query),
+        };
+        let info = statement_info(
+            &described,
+            ticket.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?;
         Ok(Response::new(info))
     }
 
@@ -298,9 +377,13 @@ impl FlightSqlService for KalamFlightService {
         let caller = self.caller(&request).await?;
         let (owner, sql) = decode_ticket(&ticket.statement_handle)?;
         if owner != &*caller.exec.user_id {
-            return Err(Status::permission_denied("this ticket was issued to another user"));
+            return Err(Status::permission_denied(
+                "this ticket was issued to another user",
+            ));
         }
-        Ok(Response::new(self.statement_stream(&caller, sql, None).await?))
+        Ok(Response::new(
+            self.statement_stream(&caller, sql, None).await?,
+        ))
     }
 
     async fn do_put_statement_update(
@@ -318,14 +401,22 @@ impl FlightSqlService for KalamFlightService {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let caller = self.caller(&request).await?;
-        let described = self.engine.describe(&query.query, &caller.exec).await.map_err(|e| caller.status(e))?;
+        let described = self
+            .engine
+            .describe(&query.query, &caller.exec)
+            .await
+            .map_err(|e| caller.status(e))?;
         let dataset_schema = schema_bytes(&described.schema)?;
         let parameter_schema = schema_bytes(&described.parameter_schema)?;
         let handle = self
             .prepared
             .create(Arc::clone(&caller.exec.user_id), &query.query, described)
             .map_err(|e| caller.status(e))?;
-        Ok(ActionCreatePreparedStatementResult { prepared_statement_handle: handle, dataset_schema, parameter_schema })
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle,
+            dataset_schema,
+            parameter_schema,
+        })
     }
 
     async fn do_action_close_prepared_statement(
@@ -334,7 +425,9 @@ impl FlightSqlService for KalamFlightService {
         request: Request<Action>,
     ) -> Result<(), Status> {
         let caller = self.caller(&request).await?;
-        self.prepared.close(&query.prepared_statement_handle, &caller.exec.user_id).map_err(|e| caller.status(e))
+        self.prepared
+            .close(&query.prepared_statement_handle, &caller.exec.user_id)
+            .map_err(|e| caller.status(e))
     }
 
     async fn do_put_prepared_statement_query(
@@ -345,12 +438,19 @@ impl FlightSqlService for KalamFlightService {
         let caller = self.caller(&request).await?;
         let (schema, batches) = read_batches(request).await?;
         if let Some(schema) = schema {
-            let params = concat_batches(&schema, &batches).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let params = concat_batches(&schema, &batches)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
             self.prepared
-                .bind(&query.prepared_statement_handle, &caller.exec.user_id, params)
+                .bind(
+                    &query.prepared_statement_handle,
+                    &caller.exec.user_id,
+                    params,
+                )
                 .map_err(|e| caller.status(e))?;
         }
-        Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(query.prepared_statement_handle) })
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(query.prepared_statement_handle),
+        })
     }
 
     async fn get_flight_info_prepared_statement(
@@ -359,8 +459,15 @@ impl FlightSqlService for KalamFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = self.caller(&request).await?;
-        let p = self.prepared.get(&cmd.prepared_statement_handle, &caller.exec.user_id).map_err(|e| caller.status(e))?;
-        let info = statement_info(&p.described, cmd.as_any().encode_to_vec().into(), request.into_inner())?;
+        let p = self
+            .prepared
+            .get(&cmd.prepared_statement_handle, &caller.exec.user_id)
+            .map_err(|e| caller.status(e))?;
+        let info = statement_info(
+            &p.described,
+            cmd.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?;
         Ok(Response::new(info))
     }
 
@@ -370,8 +477,14 @@ impl FlightSqlService for KalamFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let caller = self.caller(&request).await?;
-        let p = self.prepared.get(&cmd.prepared_statement_handle, &caller.exec.user_id).map_err(|e| caller.status(e))?;
-        Ok(Response::new(self.statement_stream(&caller, &p.sql, p.params.as_ref()).await?))
+        let p = self
+            .prepared
+            .get(&cmd.prepared_statement_handle, &caller.exec.user_id)
+            .map_err(|e| caller.status(e))?;
+        Ok(Response::new(
+            self.statement_stream(&caller, &p.sql, p.params.as_ref())
+                .await?,
+        ))
     }
 
     async fn do_put_prepared_statement_update(
@@ -380,10 +493,16 @@ impl FlightSqlService for KalamFlightService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let caller = self.caller(&request).await?;
-        let p = self.prepared.get(&cmd.prepared_statement_handle, &caller.exec.user_id).map_err(|e| caller.status(e))?;
+        let p = self
+            .prepared
+            .get(&cmd.prepared_statement_handle, &caller.exec.user_id)
+            .map_err(|e| caller.status(e))?;
         let (schema, batches) = read_batches(request).await?;
         let params = match schema {
-            Some(schema) => Some(concat_batches(&schema, &batches).map_err(|e| Status::invalid_argument(e.to_string()))?),
+            Some(schema) => Some(
+                concat_batches(&schema, &batches)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
             None => p.params.clone(),
         };
         self.update(&caller, &p.sql, params.as_ref()).await
@@ -401,33 +520,59 @@ impl FlightSqlService for KalamFlightService {
         if cmd.transaction_id.is_some() {
             return Err(Status::unimplemented("transactions are not supported"));
         }
-        if let Some(c) = cmd.catalog.as_deref().filter(|c| !c.is_empty() && *c != CATALOG_NAME) {
-            return Err(Status::not_found(format!("catalog '{c}' does not exist (the catalog is '{CATALOG_NAME}')")));
+        if let Some(c) = cmd
+            .catalog
+            .as_deref()
+            .filter(|c| !c.is_empty() && *c != CATALOG_NAME)
+        {
+            return Err(Status::not_found(format!(
+                "catalog '{c}' does not exist (the catalog is '{CATALOG_NAME}')"
+            )));
         }
         let namespace = cmd
             .schema
             .clone()
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| Status::invalid_argument("ingest needs a target schema (namespace), e.g. db_schema_name='app'"))?;
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "ingest needs a target schema (namespace), e.g. db_schema_name='app'",
+                )
+            })?;
         let opts = cmd.table_definition_options.unwrap_or_default();
-        let not_exist = TableNotExistOption::try_from(opts.if_not_exist).unwrap_or(TableNotExistOption::Unspecified);
-        let exists = TableExistsOption::try_from(opts.if_exists).unwrap_or(TableExistsOption::Unspecified);
+        let not_exist = TableNotExistOption::try_from(opts.if_not_exist)
+            .unwrap_or(TableNotExistOption::Unspecified);
+        let exists =
+            TableExistsOption::try_from(opts.if_exists).unwrap_or(TableExistsOption::Unspecified);
         let mode = match (not_exist, exists) {
-            (TableNotExistOption::Create, TableExistsOption::Fail | TableExistsOption::Unspecified) => IngestMode::Create,
+            (
+                TableNotExistOption::Create,
+                TableExistsOption::Fail | TableExistsOption::Unspecified,
+            ) => IngestMode::Create,
             (TableNotExistOption::Create, TableExistsOption::Replace) => IngestMode::Replace,
             (TableNotExistOption::Create, TableExistsOption::Append) => IngestMode::CreateAppend,
             (_, TableExistsOption::Append) => IngestMode::Append,
             (_, TableExistsOption::Replace) => {
-                return Err(Status::invalid_argument("replace needs if_not_exist=CREATE"));
+                return Err(Status::invalid_argument(
+                    "replace needs if_not_exist=CREATE",
+                ));
             }
             _ => IngestMode::Append,
         };
         let options: HashMap<String, String> = cmd.options.clone().into_iter().collect();
         let (schema, batches) = read_batches(request).await?;
-        let schema = schema.ok_or_else(|| Status::invalid_argument("ingest stream carried no schema"))?;
+        let schema =
+            schema.ok_or_else(|| Status::invalid_argument("ingest stream carried no schema"))?;
         let n = self
             .engine
-            .ingest(&caller.exec, &namespace, &cmd.table, mode, &options, schema, batches)
+            .ingest(
+                &caller.exec,
+                &namespace,
+                &cmd.table,
+                mode,
+                &options,
+                schema,
+                batches,
+            )
             .await
             .map_err(|e| caller.status(e))?;
         Ok(n as i64)
@@ -439,8 +584,12 @@ impl FlightSqlService for KalamFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request).await?;
-        let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())?))
+        let schema = query.into_builder().schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_catalogs(
@@ -451,7 +600,9 @@ impl FlightSqlService for KalamFlightService {
         self.caller(&request).await?;
         let mut b = query.into_builder();
         b.append(CATALOG_NAME);
-        Ok(Response::new(one_batch(b.build().map_err(|e| Status::internal(e.to_string()))?)))
+        Ok(Response::new(one_batch(
+            b.build().map_err(|e| Status::internal(e.to_string()))?,
+        )))
     }
 
     async fn get_flight_info_schemas(
@@ -461,7 +612,11 @@ impl FlightSqlService for KalamFlightService {
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request).await?;
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())?))
+        Ok(Response::new(flight_info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_schemas(
@@ -469,15 +624,16 @@ impl FlightSqlService for KalamFlightService {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let caller = self.caller(&request).await?;
+        self.caller(&request).await?;
         let mut b = query.into_builder();
         let mut names = self.engine.catalog().namespaces();
         names.push(SYSTEM_NAMESPACE.to_string());
-        let _ = &caller;
         for ns in names {
             b.append(CATALOG_NAME, ns);
         }
-        Ok(Response::new(one_batch(b.build().map_err(|e| Status::internal(e.to_string()))?)))
+        Ok(Response::new(one_batch(
+            b.build().map_err(|e| Status::internal(e.to_string()))?,
+        )))
     }
 
     async fn get_flight_info_tables(
@@ -487,7 +643,11 @@ impl FlightSqlService for KalamFlightService {
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request).await?;
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())?))
+        Ok(Response::new(flight_info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_tables(
@@ -499,9 +659,12 @@ impl FlightSqlService for KalamFlightService {
         let tables = self.visible_tables(&caller).await?;
         let mut b = query.into_builder();
         for (ns, t, kind, schema) in tables {
-            b.append(CATALOG_NAME, ns, t, kind, &schema).map_err(|e| Status::internal(e.to_string()))?;
+            b.append(CATALOG_NAME, ns, t, kind, &schema)
+                .map_err(|e| Status::internal(e.to_string()))?;
         }
-        Ok(Response::new(one_batch(b.build().map_err(|e| Status::internal(e.to_string()))?)))
+        Ok(Response::new(one_batch(
+            b.build().map_err(|e| Status::internal(e.to_string()))?,
+        )))
     }
 
     async fn get_flight_info_table_types(
@@ -510,8 +673,12 @@ impl FlightSqlService for KalamFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request).await?;
-        let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())?))
+        let schema = query.into_builder().schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_table_types(
@@ -523,7 +690,9 @@ impl FlightSqlService for KalamFlightService {
         let mut b = query.into_builder();
         b.append("SYSTEM TABLE");
         b.append("TABLE");
-        Ok(Response::new(one_batch(b.build().map_err(|e| Status::internal(e.to_string()))?)))
+        Ok(Response::new(one_batch(
+            b.build().map_err(|e| Status::internal(e.to_string()))?,
+        )))
     }
 
     async fn get_flight_info_sql_info(
@@ -532,9 +701,15 @@ impl FlightSqlService for KalamFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request).await?;
-        let info = SQL_INFO.as_ref().ok_or_else(|| Status::internal("sql info unavailable"))?;
+        let info = SQL_INFO
+            .as_ref()
+            .ok_or_else(|| Status::internal("sql info unavailable"))?;
         let schema = query.clone().into_builder(info).schema();
-        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())?))
+        Ok(Response::new(flight_info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_sql_info(
@@ -543,8 +718,13 @@ impl FlightSqlService for KalamFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.caller(&request).await?;
-        let info = SQL_INFO.as_ref().ok_or_else(|| Status::internal("sql info unavailable"))?;
-        let batch = query.into_builder(info).build().map_err(|e| Status::internal(e.to_string()))?;
+        let info = SQL_INFO
+            .as_ref()
+            .ok_or_else(|| Status::internal("sql info unavailable"))?;
+        let batch = query
+            .into_builder(info)
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(one_batch(batch)))
     }
 
@@ -554,7 +734,11 @@ impl FlightSqlService for KalamFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request).await?;
-        Ok(Response::new(flight_info(&primary_keys_schema(), query.as_any().encode_to_vec().into(), request.into_inner())?))
+        Ok(Response::new(flight_info(
+            &primary_keys_schema(),
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_primary_keys(
@@ -566,23 +750,41 @@ impl FlightSqlService for KalamFlightService {
         let visible = self.visible_tables(&caller).await?;
         let mut rows: Vec<(String, String, String, i32)> = Vec::new();
         for t in self.engine.catalog().tables(None) {
-            let matches = query.db_schema.as_deref().is_none_or(|s| s == t.def.namespace) && query.table == t.def.name;
-            let allowed = visible.iter().any(|(ns, n, _, _)| *ns == t.def.namespace && *n == t.def.name);
+            let matches = query
+                .db_schema
+                .as_deref()
+                .is_none_or(|s| s == t.def.namespace)
+                && query.table == t.def.name;
+            let allowed = visible
+                .iter()
+                .any(|(ns, n, _, _)| *ns == t.def.namespace && *n == t.def.name);
             if matches && allowed {
                 for (i, k) in t.def.primary_key.iter().enumerate() {
-                    rows.push((t.def.namespace.clone(), t.def.name.clone(), k.clone(), i as i32 + 1));
+                    rows.push((
+                        t.def.namespace.clone(),
+                        t.def.name.clone(),
+                        k.clone(),
+                        i as i32 + 1,
+                    ));
                 }
             }
         }
         let cols: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![Some(CATALOG_NAME); rows.len()])),
-            Arc::new(StringArray::from_iter(rows.iter().map(|r| Some(r.0.clone())))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.clone()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2.clone()))),
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|r| Some(r.0.clone())),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.clone()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.2.clone()),
+            )),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.3))),
             Arc::new(StringArray::from(vec![None::<&str>; rows.len()])),
         ];
-        let batch = RecordBatch::try_new(primary_keys_schema(), cols).map_err(|e| Status::internal(e.to_string()))?;
+        let batch = RecordBatch::try_new(primary_keys_schema(), cols)
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(one_batch(batch)))
     }
 
@@ -592,9 +794,15 @@ impl FlightSqlService for KalamFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.caller(&request).await?;
-        let info = XDBC_INFO.as_ref().ok_or_else(|| Status::internal("type info unavailable"))?;
-        let schema = query.clone().into_builder(info).schema();
-        Ok(Response::new(flight_info(&schema, query.as_any().encode_to_vec().into(), request.into_inner())?))
+        let info = XDBC_INFO
+            .as_ref()
+            .ok_or_else(|| Status::internal("type info unavailable"))?;
+        let schema = query.into_builder(info).schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_xdbc_type_info(
@@ -603,8 +811,13 @@ impl FlightSqlService for KalamFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.caller(&request).await?;
-        let info = XDBC_INFO.as_ref().ok_or_else(|| Status::internal("type info unavailable"))?;
-        let batch = query.into_builder(info).build().map_err(|e| Status::internal(e.to_string()))?;
+        let info = XDBC_INFO
+            .as_ref()
+            .ok_or_else(|| Status::internal("type info unavailable"))?;
+        let batch = query
+            .into_builder(info)
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(one_batch(batch)))
     }
 
@@ -614,7 +827,10 @@ impl FlightSqlService for KalamFlightService {
         message: Any,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.caller(&request).await?;
-        Err(Status::invalid_argument(format!("unknown ticket type '{}'", message.type_url)))
+        Err(Status::invalid_argument(format!(
+            "unknown ticket type '{}'",
+            message.type_url
+        )))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
@@ -630,4 +846,3 @@ fn primary_keys_schema() -> SchemaRef {
         Field::new("key_name", DataType::Utf8, true),
     ]))
 }
-

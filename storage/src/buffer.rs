@@ -90,7 +90,13 @@ impl Chunk {
     fn new(batch: RecordBatch, committed_at_ms: i64, oldest_ms: i64) -> Self {
         let bytes = batch.get_array_memory_size();
         let live = vec![true; batch.num_rows()];
-        Self { batch, live, bytes, committed_at_ms, oldest_ms }
+        Self {
+            batch,
+            live,
+            bytes,
+            committed_at_ms,
+            oldest_ms,
+        }
     }
 }
 
@@ -119,9 +125,17 @@ impl TableBuffer {
             .iter()
             .map(|i| SortField::new(schema.field(*i).data_type().clone()))
             .collect();
-        let converter =
-            RowConverter::new(fields).map_err(|e| Error::Arrow { table: table.clone(), source: e })?;
-        Ok(Self { table, pk, converter, partitions: RwLock::new(HashMap::new()), accounting })
+        let converter = RowConverter::new(fields).map_err(|e| Error::Arrow {
+            table: table.clone(),
+            source: e,
+        })?;
+        Ok(Self {
+            table,
+            pk,
+            converter,
+            partitions: RwLock::new(HashMap::new()),
+            accounting,
+        })
     }
 
     fn partition(&self, key: &str) -> Arc<RwLock<Partition>> {
@@ -132,12 +146,21 @@ impl TableBuffer {
     }
 
     fn arrow_err(&self, e: arrow::error::ArrowError) -> Error {
-        Error::Arrow { table: self.table.clone(), source: e }
+        Error::Arrow {
+            table: self.table.clone(),
+            source: e,
+        }
     }
 
     fn keys(&self, batch: &RecordBatch) -> Result<arrow::row::Rows> {
-        let cols: Vec<ArrayRef> = self.pk.iter().map(|i| Arc::clone(batch.column(*i))).collect();
-        self.converter.convert_columns(&cols).map_err(|e| self.arrow_err(e))
+        let cols: Vec<ArrayRef> = self
+            .pk
+            .iter()
+            .map(|i| Arc::clone(batch.column(*i)))
+            .collect();
+        self.converter
+            .convert_columns(&cols)
+            .map_err(|e| self.arrow_err(e))
     }
 
     fn render_key(&self, batch: &RecordBatch, row: usize) -> String {
@@ -185,8 +208,8 @@ impl TableBuffer {
             let k = keys.row(i).owned();
             keep.push(p.index.contains_key(&k));
         }
-        let batch = filter_record_batch(batch, &BooleanArray::from(keep))
-            .map_err(|e| self.arrow_err(e))?;
+        let batch =
+            filter_record_batch(batch, &BooleanArray::from(keep)).map_err(|e| self.arrow_err(e))?;
         let keys = self.keys(&batch)?;
         for i in 0..batch.num_rows() {
             if let Some((c, r)) = p.index.get(&keys.row(i).owned()).copied() {
@@ -219,7 +242,12 @@ impl TableBuffer {
 
     /// Replaces the contents of `partition` with `batch` atomically: if `batch` repeats a key,
     /// nothing changes. Returns the rows written.
-    pub fn replace_partition(&self, partition: &str, batch: &RecordBatch, first_seq: u64) -> Result<usize> {
+    pub fn replace_partition(
+        &self,
+        partition: &str,
+        batch: &RecordBatch,
+        first_seq: u64,
+    ) -> Result<usize> {
         let mut fresh = Partition::default();
         if self.pk.is_empty() {
             self.append(&mut fresh, batch, None, first_seq)?;
@@ -239,7 +267,8 @@ impl TableBuffer {
         let part = self.partition(partition);
         let mut p = part.write();
         let old = std::mem::replace(&mut *p, fresh);
-        self.accounting.sub(old.chunks.iter().map(|c| c.bytes).sum());
+        self.accounting
+            .sub(old.chunks.iter().map(|c| c.bytes).sum());
         Ok(batch.num_rows())
     }
 
@@ -350,8 +379,9 @@ impl TableBuffer {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let seq: ArrayRef =
-            Arc::new(UInt64Array::from_iter_values((0..batch.num_rows() as u64).map(|i| first_seq + i)));
+        let seq: ArrayRef = Arc::new(UInt64Array::from_iter_values(
+            (0..batch.num_rows() as u64).map(|i| first_seq + i),
+        ));
         let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new(SEQ_COLUMN, DataType::UInt64, false)));
         let mut cols = batch.columns().to_vec();
@@ -373,7 +403,12 @@ impl TableBuffer {
 
     /// Merges the trailing run of small chunks into one when it grows past the bound.
     fn merge_small_tail(&self, p: &mut Partition) -> Result<()> {
-        let small = p.chunks.iter().rev().take_while(|c| c.batch.num_rows() < SMALL_CHUNK_ROWS).count();
+        let small = p
+            .chunks
+            .iter()
+            .rev()
+            .take_while(|c| c.batch.num_rows() < SMALL_CHUNK_ROWS)
+            .count();
         if small < MAX_SMALL_CHUNKS {
             return Ok(());
         }
@@ -384,7 +419,10 @@ impl TableBuffer {
             let newest = tail.iter().map(|c| c.committed_at_ms).max().unwrap_or(0);
             if newest - oldest > STREAM_MERGE_SPAN_MS {
                 // Keep TTL precision: merge only the chunks within the span of the newest.
-                let keep_from = p.chunks.iter().rposition(|c| newest - c.oldest_ms > STREAM_MERGE_SPAN_MS);
+                let keep_from = p
+                    .chunks
+                    .iter()
+                    .rposition(|c| newest - c.oldest_ms > STREAM_MERGE_SPAN_MS);
                 let start = keep_from.map_or(start, |i| (i + 1).max(start));
                 if p.chunks.len() - start < 2 {
                     return Ok(());
@@ -409,7 +447,10 @@ impl TableBuffer {
         let newest = tail.iter().map(|c| c.committed_at_ms).max().unwrap_or(0);
         let oldest = tail.iter().map(|c| c.oldest_ms).min().unwrap_or(0);
         let freed: usize = tail.iter().map(|c| c.bytes).sum();
-        let dead_in_tail: usize = tail.iter().map(|c| c.live.iter().filter(|l| !**l).count()).sum();
+        let dead_in_tail: usize = tail
+            .iter()
+            .map(|c| c.live.iter().filter(|l| !**l).count())
+            .sum();
         let mut live = Vec::with_capacity(tail.len());
         for c in &tail {
             let b = filter_record_batch(&c.batch, &BooleanArray::from(c.live.clone()))

@@ -34,7 +34,10 @@ pub enum Append {
 impl CreateOnlyLog {
     /// A log at `{prefix}/_log`.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
-        Self { store, dir: Path::from(format!("{prefix}/_log")) }
+        Self {
+            store,
+            dir: Path::from(format!("{prefix}/_log")),
+        }
     }
 
     fn entry_path(&self, version: u64) -> Path {
@@ -48,7 +51,10 @@ impl CreateOnlyLog {
             .list(Some(&self.dir))
             .try_collect()
             .await
-            .map_err(|e| Error::ObjectStore { path: self.dir.to_string(), source: e })?;
+            .map_err(|e| Error::ObjectStore {
+                path: self.dir.to_string(),
+                source: e,
+            })?;
         let mut versions: Vec<u64> = metas
             .iter()
             .filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse().ok())
@@ -62,12 +68,20 @@ impl CreateOnlyLog {
                 .store
                 .get(&path)
                 .await
-                .map_err(|e| Error::ObjectStore { path: path.to_string(), source: e })?
+                .map_err(|e| Error::ObjectStore {
+                    path: path.to_string(),
+                    source: e,
+                })?
                 .bytes()
                 .await
-                .map_err(|e| Error::ObjectStore { path: path.to_string(), source: e })?;
-            let entry = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::CorruptLog { path: path.to_string(), source: e })?;
+                .map_err(|e| Error::ObjectStore {
+                    path: path.to_string(),
+                    source: e,
+                })?;
+            let entry = serde_json::from_slice(&bytes).map_err(|e| Error::CorruptLog {
+                path: path.to_string(),
+                source: e,
+            })?;
             out.push((v, entry));
         }
         Ok(out)
@@ -76,16 +90,25 @@ impl CreateOnlyLog {
     /// Writes `entry` as version `version` unless that version exists already.
     pub async fn try_append<T: Serialize>(&self, version: u64, entry: &T) -> Result<Append> {
         let path = self.entry_path(version);
-        let body = serde_json::to_vec(entry)
-            .map_err(|e| Error::CorruptLog { path: path.to_string(), source: e })?;
+        let body = serde_json::to_vec(entry).map_err(|e| Error::CorruptLog {
+            path: path.to_string(),
+            source: e,
+        })?;
         match self
             .store
-            .put_opts(&path, PutPayload::from(body), PutOptions::from(PutMode::Create))
+            .put_opts(
+                &path,
+                PutPayload::from(body),
+                PutOptions::from(PutMode::Create),
+            )
             .await
         {
             Ok(_) => Ok(Append::Committed),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Append::Conflict),
-            Err(e) => Err(Error::ObjectStore { path: path.to_string(), source: e }),
+            Err(e) => Err(Error::ObjectStore {
+                path: path.to_string(),
+                source: e,
+            }),
         }
     }
 }

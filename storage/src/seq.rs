@@ -15,7 +15,9 @@ pub struct SeqAllocator {
 impl SeqAllocator {
     /// Starts after `last` (the highest sequence known to be committed).
     pub fn new(last: u64) -> Self {
-        Self { last: AtomicU64::new(last) }
+        Self {
+            last: AtomicU64::new(last),
+        }
     }
 
     /// Reserves `n` sequence numbers and returns the first one.

@@ -60,8 +60,14 @@ pub async fn probe_conditional_put(store: &dyn ObjectStore, url: &str) -> Result
     store
         .put_opts(&path, PutPayload::from_static(b"probe"), opts())
         .await
-        .map_err(|e| Error::NoConditionalPut { url: url.to_string(), reason: e.to_string() })?;
-    match store.put_opts(&path, PutPayload::from_static(b"probe"), opts()).await {
+        .map_err(|e| Error::NoConditionalPut {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    match store
+        .put_opts(&path, PutPayload::from_static(b"probe"), opts())
+        .await
+    {
         Err(object_store::Error::AlreadyExists { .. }) => {
             let _ = store.delete(&path).await;
             Ok(())
@@ -70,7 +76,10 @@ pub async fn probe_conditional_put(store: &dyn ObjectStore, url: &str) -> Result
             url: url.to_string(),
             reason: "a second create of the same object succeeded".into(),
         }),
-        Err(e) => Err(Error::NoConditionalPut { url: url.to_string(), reason: e.to_string() }),
+        Err(e) => Err(Error::NoConditionalPut {
+            url: url.to_string(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -85,7 +94,9 @@ mod tests {
         let store = open(&url).unwrap();
         probe_conditional_put(store.as_ref(), &url).await.unwrap();
         let mem = open("memory://").unwrap();
-        probe_conditional_put(mem.as_ref(), "memory://").await.unwrap();
+        probe_conditional_put(mem.as_ref(), "memory://")
+            .await
+            .unwrap();
     }
 
     #[test]

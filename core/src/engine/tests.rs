@@ -7,16 +7,33 @@ use object_store::memory::InMemory;
 async fn engine() -> (Engine, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Arc::new(
-        Catalog::open(Arc::new(InMemory::new()), CatalogLimits::default(), Arc::new(BufferAccounting::default()))
-            .await
-            .unwrap(),
+        Catalog::open(
+            Arc::new(InMemory::new()),
+            CatalogLimits::default(),
+            Arc::new(BufferAccounting::default()),
+        )
+        .await
+        .unwrap(),
     );
-    let cfg = EngineConfig { memory_limit: Some(256 << 20), spill_dir: dir.path().join("spill"), batch_size: 8192, target_partitions: 2 };
-    (Engine::new(catalog, Arc::new(SeqAllocator::new(0)), &cfg).unwrap(), dir)
+    let cfg = EngineConfig {
+        memory_limit: Some(256 << 20),
+        spill_dir: dir.path().join("spill"),
+        batch_size: 8192,
+        target_partitions: 2,
+    };
+    (
+        Engine::new(catalog, Arc::new(SeqAllocator::new(0)), &cfg).unwrap(),
+        dir,
+    )
 }
 
 fn ctx(id: &str, role: Role) -> Arc<ExecutionContext> {
-    Arc::new(ExecutionContext { user_id: Arc::from(id), user_name: Arc::from(id), role, request_id: Arc::from("t") })
+    Arc::new(ExecutionContext {
+        user_id: Arc::from(id),
+        user_name: Arc::from(id),
+        role,
+        request_id: Arc::from("t"),
+    })
 }
 
 async fn run(e: &Engine, sql: &str, who: &Arc<ExecutionContext>) -> Result<Vec<RecordBatch>> {
@@ -36,7 +53,14 @@ async fn affected(e: &Engine, sql: &str, who: &Arc<ExecutionContext>) -> Result<
 fn ids(batches: &[RecordBatch]) -> Vec<i64> {
     let mut v: Vec<i64> = batches
         .iter()
-        .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
+        .flat_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
         .collect();
     v.sort();
     v
@@ -48,31 +72,118 @@ async fn users_see_only_their_rows_and_writes_are_isolated() {
     let root = ctx("root", Role::System);
     let (a, b) = (ctx("ua", Role::User), ctx("ub", Role::User));
     affected(&e, "CREATE NAMESPACE app", &root).await.unwrap();
-    affected(&e, "CREATE USER TABLE app.m (id BIGINT PRIMARY KEY, body TEXT)", &root).await.unwrap();
-    assert_eq!(affected(&e, "INSERT INTO app.m VALUES (1, 'a1'), (2, 'a2')", &a).await.unwrap(), 2);
-    assert_eq!(affected(&e, "INSERT INTO app.m (id, body) VALUES (1, 'b1')", &b).await.unwrap(), 1);
-    assert_eq!(ids(&run(&e, "SELECT id FROM app.m", &a).await.unwrap()), vec![1, 2]);
-    assert_eq!(ids(&run(&e, "SELECT id FROM app.m", &b).await.unwrap()), vec![1]);
-    assert_eq!(ids(&run(&e, "SELECT count(*) FROM app.m x JOIN app.m y ON x.id = y.id", &a).await.unwrap()), vec![2]);
+    affected(
+        &e,
+        "CREATE USER TABLE app.m (id BIGINT PRIMARY KEY, body TEXT)",
+        &root,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        affected(&e, "INSERT INTO app.m VALUES (1, 'a1'), (2, 'a2')", &a)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        affected(&e, "INSERT INTO app.m (id, body) VALUES (1, 'b1')", &b)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        ids(&run(&e, "SELECT id FROM app.m", &a).await.unwrap()),
+        vec![1, 2]
+    );
+    assert_eq!(
+        ids(&run(&e, "SELECT id FROM app.m", &b).await.unwrap()),
+        vec![1]
+    );
+    assert_eq!(
+        ids(&run(
+            &e,
+            "SELECT count(*) FROM app.m x JOIN app.m y ON x.id = y.id",
+            &a
+        )
+        .await
+        .unwrap()),
+        vec![2]
+    );
     // Duplicate key: nothing of the statement is written.
-    let err = e.execute("INSERT INTO app.m VALUES (3, 'x'), (1, 'dup')", &a, None).await.err().unwrap();
-    assert!(matches!(err, Error::Storage(kalam_storage::Error::DuplicateKey { .. })), "{err:?}");
-    assert_eq!(ids(&run(&e, "SELECT id FROM app.m", &a).await.unwrap()), vec![1, 2]);
+    let err = e
+        .execute("INSERT INTO app.m VALUES (3, 'x'), (1, 'dup')", &a, None)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::Storage(kalam_storage::Error::DuplicateKey { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        ids(&run(&e, "SELECT id FROM app.m", &a).await.unwrap()),
+        vec![1, 2]
+    );
     // UPDATE / DELETE touch only the caller's rows.
-    assert_eq!(affected(&e, "UPDATE app.m SET body = 'z' WHERE id = 1", &a).await.unwrap(), 1);
-    assert_eq!(affected(&e, "DELETE FROM app.m WHERE id >= 1", &b).await.unwrap(), 1);
-    assert_eq!(ids(&run(&e, "SELECT id FROM app.m", &a).await.unwrap()), vec![1, 2]);
-    let body = run(&e, "SELECT body FROM app.m WHERE id = 1", &a).await.unwrap();
-    assert_eq!(body[0].column(0).as_any().downcast_ref::<StringArray>().unwrap().value(0), "z");
+    assert_eq!(
+        affected(&e, "UPDATE app.m SET body = 'z' WHERE id = 1", &a)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        affected(&e, "DELETE FROM app.m WHERE id >= 1", &b)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        ids(&run(&e, "SELECT id FROM app.m", &a).await.unwrap()),
+        vec![1, 2]
+    );
+    let body = run(&e, "SELECT body FROM app.m WHERE id = 1", &a)
+        .await
+        .unwrap();
+    assert_eq!(
+        body[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .value(0),
+        "z"
+    );
     assert!(ids(&run(&e, "SELECT id FROM app.m", &b).await.unwrap()).is_empty());
     // _seq is selectable and increasing, and not writable.
-    let seqs = run(&e, "SELECT id, _seq FROM app.m ORDER BY id", &a).await.unwrap();
+    let seqs = run(&e, "SELECT id, _seq FROM app.m ORDER BY id", &a)
+        .await
+        .unwrap();
     assert_eq!(seqs[0].num_columns(), 2);
-    assert!(e.execute("INSERT INTO app.m (id, body, _seq) VALUES (9, 'x', 1)", &a, None).await.is_err());
+    assert!(
+        e.execute(
+            "INSERT INTO app.m (id, body, _seq) VALUES (9, 'x', 1)",
+            &a,
+            None
+        )
+        .await
+        .is_err()
+    );
     // Roles.
-    assert!(matches!(e.execute("CREATE NAMESPACE x", &a, None).await, Err(Error::PermissionDenied(_))));
-    let err = e.execute("SELECT * FROM system.users", &a, None).await.err().unwrap();
-    assert!(matches!(Error::from_datafusion_owned(err), Error::PermissionDenied(_)));
+    assert!(matches!(
+        e.execute("CREATE NAMESPACE x", &a, None).await,
+        Err(Error::PermissionDenied(_))
+    ));
+    let err = e
+        .execute("SELECT * FROM system.users", &a, None)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(
+        Error::from_datafusion_owned(err),
+        Error::PermissionDenied(_)
+    ));
     assert_eq!(Stats::get(&e.stats().session_contexts_created), 1);
 }
 
@@ -81,10 +192,22 @@ async fn describe_does_not_execute() {
     let (e, _d) = engine().await;
     let root = ctx("root", Role::System);
     affected(&e, "CREATE NAMESPACE app", &root).await.unwrap();
-    affected(&e, "CREATE SHARED TABLE app.s (id BIGINT PRIMARY KEY, t TEXT)", &root).await.unwrap();
-    let d = e.describe("INSERT INTO app.s VALUES (1, 'x')", &root).await.unwrap();
+    affected(
+        &e,
+        "CREATE SHARED TABLE app.s (id BIGINT PRIMARY KEY, t TEXT)",
+        &root,
+    )
+    .await
+    .unwrap();
+    let d = e
+        .describe("INSERT INTO app.s VALUES (1, 'x')", &root)
+        .await
+        .unwrap();
     assert!(d.is_update);
-    let d = e.describe("SELECT t, id FROM app.s WHERE id = $1", &root).await.unwrap();
+    let d = e
+        .describe("SELECT t, id FROM app.s WHERE id = $1", &root)
+        .await
+        .unwrap();
     assert!(!d.is_update);
     assert_eq!(d.schema.field(0).data_type(), &DataType::Utf8);
     assert_eq!(d.parameter_schema.fields().len(), 1);

@@ -14,17 +14,19 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, Session, TableProvider};
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, SchemaProvider, Session, TableProvider,
+};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
+use crate::Error;
 use crate::catalog::{AccessLevel, Catalog, SYSTEM_NAMESPACE, TableKind, TableRuntime, now_ms};
 use crate::context::{ExecutionContext, Role};
 use crate::stats::Stats;
-use crate::Error;
 
 /// The catalog name every client sees.
 pub const CATALOG_NAME: &str = "kalam";
@@ -53,7 +55,9 @@ pub struct RequestCatalogList {
 impl RequestCatalogList {
     /// The catalog list for one request.
     pub fn new(env: RequestEnv) -> Self {
-        Self { catalog: Arc::new(RequestCatalog { env }) }
+        Self {
+            catalog: Arc::new(RequestCatalog { env }),
+        }
     }
 }
 
@@ -91,8 +95,10 @@ impl CatalogProvider for RequestCatalog {
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         self.env.catalog.namespace_exists(name).then(|| {
-            Arc::new(RequestSchema { env: self.env.clone(), namespace: name.to_string() })
-                as Arc<dyn SchemaProvider>
+            Arc::new(RequestSchema {
+                env: self.env.clone(),
+                namespace: name.to_string(),
+            }) as Arc<dyn SchemaProvider>
         })
     }
 }
@@ -113,7 +119,10 @@ fn can_read_shared(exec: &ExecutionContext, rt: &TableRuntime) -> bool {
 impl SchemaProvider for RequestSchema {
     fn table_names(&self) -> Vec<String> {
         if self.namespace == SYSTEM_NAMESPACE {
-            return SystemTable::visible_to(&self.env.exec).iter().map(|t| t.name().to_string()).collect();
+            return SystemTable::visible_to(&self.env.exec)
+                .iter()
+                .map(|t| t.name().to_string())
+                .collect();
         }
         self.env
             .catalog
@@ -126,16 +135,23 @@ impl SchemaProvider for RequestSchema {
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         if self.namespace == SYSTEM_NAMESPACE {
-            let Some(table) = SystemTable::from_name(name) else { return Ok(None) };
+            let Some(table) = SystemTable::from_name(name) else {
+                return Ok(None);
+            };
             if !table.allowed(&self.env.exec) {
                 return Err(Error::PermissionDenied(format!(
                     "permission denied: system.{name} requires role dba"
                 ))
                 .into_datafusion());
             }
-            return Ok(Some(Arc::new(system::SystemTableProvider::new(table, self.env.clone()))));
+            return Ok(Some(Arc::new(system::SystemTableProvider::new(
+                table,
+                self.env.clone(),
+            ))));
         }
-        let Some(rt) = self.env.catalog.table(&self.namespace, name) else { return Ok(None) };
+        let Some(rt) = self.env.catalog.table(&self.namespace, name) else {
+            return Ok(None);
+        };
         if rt.def.kind == TableKind::Shared && !can_read_shared(&self.env.exec, &rt) {
             return Err(Error::PermissionDenied(format!(
                 "permission denied for table {}.{name}",
@@ -197,7 +213,9 @@ impl TableView {
     /// The oldest commit time still visible (STREAM TTL), or `i64::MIN`.
     pub fn ttl_cutoff_ms(&self) -> i64 {
         match self.runtime.def.ttl_seconds {
-            Some(ttl) if self.runtime.def.kind == TableKind::Stream => now_ms() - (ttl as i64) * 1000,
+            Some(ttl) if self.runtime.def.kind == TableKind::Stream => {
+                now_ms() - (ttl as i64) * 1000
+            }
             _ => i64::MIN,
         }
     }
@@ -236,7 +254,8 @@ impl TableProvider for TableView {
             Some(p) => p.clone(),
             None => (0..self.schema().fields().len()).collect(),
         };
-        let exec = MemorySourceConfig::try_new_exec(&[batches], Arc::clone(full), Some(projection))?;
+        let exec =
+            MemorySourceConfig::try_new_exec(&[batches], Arc::clone(full), Some(projection))?;
         Ok(exec)
     }
 }

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
+use arrow::array::{
+    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -110,7 +112,10 @@ impl SystemTable {
                 f("finished_at", ts(), true),
                 f("ok", DataType::Boolean, true),
             ],
-            SystemTable::Stats => vec![f("name", DataType::Utf8, false), f("value", DataType::Int64, false)],
+            SystemTable::Stats => vec![
+                f("name", DataType::Utf8, false),
+                f("value", DataType::Int64, false),
+            ],
         }))
     }
 
@@ -125,7 +130,9 @@ impl SystemTable {
                     s(users.iter().map(|u| u.id.clone())),
                     s(users.iter().map(|u| u.name.clone())),
                     s(users.iter().map(|u| u.role.to_string())),
-                    Arc::new(TimestampMillisecondArray::from_iter_values(users.iter().map(|u| u.created_at_ms))),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        users.iter().map(|u| u.created_at_ms),
+                    )),
                 ]
             }
             SystemTable::Namespaces => vec![s(env.catalog.namespaces())],
@@ -142,22 +149,36 @@ impl SystemTable {
                     }))),
                     s(t.iter().map(|t| t.def.primary_key.join(","))),
                     Arc::new(UInt64Array::from_iter(t.iter().map(|t| t.def.ttl_seconds))),
-                    Arc::new(TimestampMillisecondArray::from_iter_values(t.iter().map(|t| t.def.created_at_ms))),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        t.iter().map(|t| t.def.created_at_ms),
+                    )),
                 ]
             }
             // No live-query registry exists in this build, so there are no rows to show; the
             // table is here so its contract (schema, visibility) holds from the start.
-            SystemTable::LiveQueries | SystemTable::Jobs => {
-                self.schema().fields().iter().map(|f| arrow::array::new_empty_array(f.data_type())).collect()
-            }
+            SystemTable::LiveQueries | SystemTable::Jobs => self
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| arrow::array::new_empty_array(f.data_type()))
+                .collect(),
             SystemTable::Stats => {
                 let st = &env.stats;
                 let pairs: Vec<(&str, i64)> = vec![
-                    ("session_contexts_created", Stats::get(&st.session_contexts_created) as i64),
+                    (
+                        "session_contexts_created",
+                        Stats::get(&st.session_contexts_created) as i64,
+                    ),
                     ("queries_started", Stats::get(&st.queries_started) as i64),
-                    ("statements_executed", Stats::get(&st.statements_executed) as i64),
+                    (
+                        "statements_executed",
+                        Stats::get(&st.statements_executed) as i64,
+                    ),
                     ("rows_written", Stats::get(&st.rows_written) as i64),
-                    ("live_queries_active", Stats::get(&st.live_queries_active) as i64),
+                    (
+                        "live_queries_active",
+                        Stats::get(&st.live_queries_active) as i64,
+                    ),
                     ("write_buffer_bytes", env.catalog.buffer_bytes() as i64),
                     ("memory_pool_used_bytes", env.memory_pool.reserved() as i64),
                     ("tables", env.catalog.tables(None).len() as i64),
@@ -182,7 +203,11 @@ pub(crate) struct SystemTableProvider {
 
 impl SystemTableProvider {
     pub(crate) fn new(table: SystemTable, env: RequestEnv) -> Self {
-        Self { schema: table.schema(), table, env }
+        Self {
+            schema: table.schema(),
+            table,
+            env,
+        }
     }
 }
 
@@ -204,6 +229,10 @@ impl TableProvider for SystemTableProvider {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), self.table.rows(&self.env))?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], Arc::clone(&self.schema), projection.cloned())?)
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            Arc::clone(&self.schema),
+            projection.cloned(),
+        )?)
     }
 }

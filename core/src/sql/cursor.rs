@@ -83,7 +83,8 @@ impl<'a> Cursor<'a> {
     }
 
     pub(crate) fn expect_ident(&mut self, what: &str) -> Result<String> {
-        self.ident().ok_or_else(|| Error::InvalidArgument(format!("expected {what}")))
+        self.ident()
+            .ok_or_else(|| Error::InvalidArgument(format!("expected {what}")))
     }
 
     fn string(&mut self) -> Option<String> {
@@ -139,7 +140,10 @@ impl<'a> Cursor<'a> {
         if rest.is_empty() {
             Ok(())
         } else {
-            Err(Error::InvalidArgument(format!("unexpected text near '{}'", truncate(rest))))
+            Err(Error::InvalidArgument(format!(
+                "unexpected text near '{}'",
+                truncate(rest)
+            )))
         }
     }
 }

@@ -38,12 +38,22 @@ pub fn parse_create_table(rest: &str, kind_kw: Option<&str>) -> Result<CreateTab
     let stmts = Parser::parse_sql(&GenericDialect {}, &sql)
         .map_err(|e| Error::InvalidArgument(format!("invalid CREATE TABLE: {e}")))?;
     let [ast::Statement::CreateTable(ct)] = stmts.as_slice() else {
-        return Err(Error::InvalidArgument("expected exactly one CREATE TABLE statement".into()));
+        return Err(Error::InvalidArgument(
+            "expected exactly one CREATE TABLE statement".into(),
+        ));
     };
     if ct.query.is_some() {
-        return Err(Error::Unsupported("CREATE TABLE ... AS SELECT is not supported".into()));
+        return Err(Error::Unsupported(
+            "CREATE TABLE ... AS SELECT is not supported".into(),
+        ));
     }
-    let parts: Vec<String> = ct.name.0.iter().filter_map(|p| p.as_ident()).map(ident_name).collect();
+    let parts: Vec<String> = ct
+        .name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(ident_name)
+        .collect();
     let [namespace, name] = parts.as_slice() else {
         return Err(Error::InvalidArgument(format!(
             "table names are qualified by their namespace: expected <namespace>.<table>, got '{}'",
@@ -61,12 +71,16 @@ pub fn parse_create_table(rest: &str, kind_kw: Option<&str>) -> Result<CreateTab
     let mut ttl_seconds = None;
     let opts = match &ct.table_options {
         CreateTableOptions::None => &[][..],
-        CreateTableOptions::With(o) | CreateTableOptions::Options(o) | CreateTableOptions::Plain(o) => o,
+        CreateTableOptions::With(o)
+        | CreateTableOptions::Options(o)
+        | CreateTableOptions::Plain(o) => o,
         CreateTableOptions::TableProperties(o) => o,
     };
     for opt in opts {
         let SqlOption::KeyValue { key, value } = opt else {
-            return Err(Error::InvalidArgument(format!("unsupported table option '{opt}'")));
+            return Err(Error::InvalidArgument(format!(
+                "unsupported table option '{opt}'"
+            )));
         };
         let v = option_value(value)?;
         match key.value.to_ascii_uppercase().as_str() {
@@ -82,7 +96,9 @@ pub fn parse_create_table(rest: &str, kind_kw: Option<&str>) -> Result<CreateTab
                     }
                 };
                 if kind.is_some_and(|existing| existing != k) {
-                    return Err(Error::InvalidArgument("TYPE contradicts the table kind keyword".into()));
+                    return Err(Error::InvalidArgument(
+                        "TYPE contradicts the table kind keyword".into(),
+                    ));
                 }
                 kind = Some(k);
             }
@@ -102,7 +118,11 @@ pub fn parse_create_table(rest: &str, kind_kw: Option<&str>) -> Result<CreateTab
                     Error::InvalidArgument(format!("TTL_SECONDS must be a whole number, got '{v}'"))
                 })?)
             }
-            other => return Err(Error::InvalidArgument(format!("unknown table option '{other}'"))),
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown table option '{other}'"
+                )));
+            }
         }
     }
     let kind = kind.unwrap_or(TableKind::Shared);
@@ -117,7 +137,9 @@ pub fn parse_create_table(rest: &str, kind_kw: Option<&str>) -> Result<CreateTab
             )));
         }
         if columns.iter().any(|(n, _, _)| *n == cname) {
-            return Err(Error::InvalidArgument(format!("column '{cname}' is defined twice")));
+            return Err(Error::InvalidArgument(format!(
+                "column '{cname}' is defined twice"
+            )));
         }
         let dt = sql_type_to_arrow(&c.data_type)?;
         let mut nullable = true;
@@ -130,7 +152,9 @@ pub fn parse_create_table(rest: &str, kind_kw: Option<&str>) -> Result<CreateTab
                 ColumnOption::NotNull => nullable = false,
                 ColumnOption::Null => {}
                 other => {
-                    return Err(Error::Unsupported(format!("column option '{other}' is not supported")));
+                    return Err(Error::Unsupported(format!(
+                        "column option '{other}' is not supported"
+                    )));
                 }
             }
         }
@@ -140,26 +164,40 @@ pub fn parse_create_table(rest: &str, kind_kw: Option<&str>) -> Result<CreateTab
         match tc {
             TableConstraint::PrimaryKey(pk) => {
                 if !primary_key.is_empty() {
-                    return Err(Error::InvalidArgument("the primary key is declared twice".into()));
+                    return Err(Error::InvalidArgument(
+                        "the primary key is declared twice".into(),
+                    ));
                 }
                 for ic in &pk.columns {
                     let Expr::Identifier(id) = &ic.column.expr else {
-                        return Err(Error::InvalidArgument("primary key entries must be column names".into()));
+                        return Err(Error::InvalidArgument(
+                            "primary key entries must be column names".into(),
+                        ));
                     };
                     primary_key.push(ident_name(id));
                 }
             }
-            other => return Err(Error::Unsupported(format!("constraint '{other}' is not supported"))),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "constraint '{other}' is not supported"
+                )));
+            }
         }
     }
     for k in &primary_key {
         match columns.iter_mut().find(|(n, _, _)| n == k) {
             Some(col) => col.2 = false,
-            None => return Err(Error::InvalidArgument(format!("primary key column '{k}' is not a column"))),
+            None => {
+                return Err(Error::InvalidArgument(format!(
+                    "primary key column '{k}' is not a column"
+                )));
+            }
         }
     }
     if columns.is_empty() {
-        return Err(Error::InvalidArgument("a table needs at least one column".into()));
+        return Err(Error::InvalidArgument(
+            "a table needs at least one column".into(),
+        ));
     }
     match kind {
         TableKind::User | TableKind::Shared if primary_key.is_empty() => {
@@ -169,12 +207,16 @@ pub fn parse_create_table(rest: &str, kind_kw: Option<&str>) -> Result<CreateTab
             )));
         }
         TableKind::Stream if ttl_seconds.is_none() => {
-            return Err(Error::InvalidArgument("STREAM tables need WITH (TTL_SECONDS = n)".into()));
+            return Err(Error::InvalidArgument(
+                "STREAM tables need WITH (TTL_SECONDS = n)".into(),
+            ));
         }
         _ => {}
     }
     if kind != TableKind::Stream && ttl_seconds.is_some() {
-        return Err(Error::InvalidArgument("TTL_SECONDS applies to STREAM tables only".into()));
+        return Err(Error::InvalidArgument(
+            "TTL_SECONDS applies to STREAM tables only".into(),
+        ));
     }
     Ok(CreateTable {
         namespace: namespace.clone(),
@@ -189,7 +231,11 @@ pub fn parse_create_table(rest: &str, kind_kw: Option<&str>) -> Result<CreateTab
 }
 
 fn ident_name(id: &ast::Ident) -> String {
-    if id.quote_style.is_some() { id.value.clone() } else { id.value.to_ascii_lowercase() }
+    if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_ascii_lowercase()
+    }
 }
 
 fn option_value(e: &Expr) -> Result<String> {
@@ -200,7 +246,9 @@ fn option_value(e: &Expr) -> Result<String> {
             other => Ok(other.to_string()),
         },
         Expr::Identifier(id) => Ok(id.value.clone()),
-        other => Err(Error::InvalidArgument(format!("unsupported option value '{other}'"))),
+        other => Err(Error::InvalidArgument(format!(
+            "unsupported option value '{other}'"
+        ))),
     }
 }
 
@@ -210,10 +258,14 @@ pub(crate) fn parse_type_text(text: &str) -> Result<DataType> {
     let stmts = Parser::parse_sql(&GenericDialect {}, &sql)
         .map_err(|e| Error::InvalidArgument(format!("invalid column type '{text}': {e}")))?;
     match stmts.as_slice() {
-        [ast::Statement::CreateTable(ct)] if ct.columns.len() == 1 && ct.columns[0].options.is_empty() => {
+        [ast::Statement::CreateTable(ct)]
+            if ct.columns.len() == 1 && ct.columns[0].options.is_empty() =>
+        {
             sql_type_to_arrow(&ct.columns[0].data_type)
         }
-        _ => Err(Error::InvalidArgument(format!("invalid column type '{text}'"))),
+        _ => Err(Error::InvalidArgument(format!(
+            "invalid column type '{text}'"
+        ))),
     }
 }
 
@@ -228,8 +280,15 @@ pub fn sql_type_to_arrow(t: &ast::DataType) -> Result<DataType> {
         S::BigIntUnsigned(_) | S::UBigInt | S::UInt64 => DataType::UInt64,
         S::IntUnsigned(_) | S::IntegerUnsigned(_) | S::UInt32 => DataType::UInt32,
         S::Boolean | S::Bool => DataType::Boolean,
-        S::Text | S::String(_) | S::Varchar(_) | S::Char(_) | S::Character(_) | S::CharacterVarying(_)
-        | S::Nvarchar(_) | S::JSON | S::Uuid => DataType::Utf8,
+        S::Text
+        | S::String(_)
+        | S::Varchar(_)
+        | S::Char(_)
+        | S::Character(_)
+        | S::CharacterVarying(_)
+        | S::Nvarchar(_)
+        | S::JSON
+        | S::Uuid => DataType::Utf8,
         S::Double(_) | S::DoublePrecision | S::Float8 | S::Float64 => DataType::Float64,
         S::Real | S::Float4 | S::Float32 => DataType::Float32,
         S::Float(_) => DataType::Float64,
@@ -244,6 +303,10 @@ pub fn sql_type_to_arrow(t: &ast::DataType) -> Result<DataType> {
                 E::PrecisionAndScale(p, s) => DataType::Decimal128(*p as u8, *s as i8),
             }
         }
-        other => return Err(Error::InvalidArgument(format!("unsupported column type '{other}'"))),
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "unsupported column type '{other}'"
+            )));
+        }
     })
 }

@@ -20,17 +20,38 @@ pub enum Statement {
     /// `CREATE NAMESPACE [IF NOT EXISTS] name`
     CreateNamespace { name: String, if_not_exists: bool },
     /// `DROP NAMESPACE [IF EXISTS] name [CASCADE]`
-    DropNamespace { name: String, if_exists: bool, cascade: bool },
+    DropNamespace {
+        name: String,
+        if_exists: bool,
+        cascade: bool,
+    },
     /// `CREATE [USER|SHARED|STREAM] TABLE ...`
     CreateTable(Box<CreateTable>),
     /// `DROP TABLE [IF EXISTS] ns.t`
-    DropTable { namespace: String, name: String, if_exists: bool },
+    DropTable {
+        namespace: String,
+        name: String,
+        if_exists: bool,
+    },
     /// `ALTER TABLE ns.t ADD [COLUMN] c TYPE`
-    AddColumn { namespace: String, table: String, column: String, data_type: arrow::datatypes::DataType },
+    AddColumn {
+        namespace: String,
+        table: String,
+        column: String,
+        data_type: arrow::datatypes::DataType,
+    },
     /// `CREATE USER name WITH PASSWORD 'pw' [ROLE r]`
-    CreateUser { name: String, password: String, role: Role },
+    CreateUser {
+        name: String,
+        password: String,
+        role: Role,
+    },
     /// `ALTER USER name [WITH] [PASSWORD 'pw'] [ROLE r]`
-    AlterUser { name: String, password: Option<String>, role: Option<Role> },
+    AlterUser {
+        name: String,
+        password: Option<String>,
+        role: Option<Role>,
+    },
     /// `DROP USER [IF EXISTS] name`
     DropUser { name: String, if_exists: bool },
     /// `FLUSH TABLE ns.t`
@@ -46,7 +67,10 @@ pub enum Statement {
 impl Statement {
     /// Does this statement change the catalog (needs `dba`)?
     pub fn is_ddl(&self) -> bool {
-        !matches!(self, Statement::Sql | Statement::ExecuteAs { .. } | Statement::KillLiveQuery { .. })
+        !matches!(
+            self,
+            Statement::Sql | Statement::ExecuteAs { .. } | Statement::KillLiveQuery { .. }
+        )
     }
 }
 
@@ -57,7 +81,10 @@ pub fn parse(sql: &str) -> Result<Statement> {
         let if_not_exists = c.keywords(&["IF", "NOT", "EXISTS"]);
         let name = c.expect_ident("namespace name")?;
         c.expect_end()?;
-        return Ok(Statement::CreateNamespace { name, if_not_exists });
+        return Ok(Statement::CreateNamespace {
+            name,
+            if_not_exists,
+        });
     }
     let mut c = Cursor::new(sql);
     if c.keywords(&["DROP", "NAMESPACE"]) {
@@ -65,7 +92,11 @@ pub fn parse(sql: &str) -> Result<Statement> {
         let name = c.expect_ident("namespace name")?;
         let cascade = c.keyword("CASCADE");
         c.expect_end()?;
-        return Ok(Statement::DropNamespace { name, if_exists, cascade });
+        return Ok(Statement::DropNamespace {
+            name,
+            if_exists,
+            cascade,
+        });
     }
     let mut c = Cursor::new(sql);
     if c.keyword("CREATE") {
@@ -79,10 +110,16 @@ pub fn parse(sql: &str) -> Result<Statement> {
             c.reset(save);
         }
         if let Some(kw) = kind_kw {
-            return Ok(Statement::CreateTable(Box::new(parse_create_table(c.rest(), Some(kw))?)));
+            return Ok(Statement::CreateTable(Box::new(parse_create_table(
+                c.rest(),
+                Some(kw),
+            )?)));
         }
         if c.keyword("TABLE") {
-            return Ok(Statement::CreateTable(Box::new(parse_create_table(c.rest(), None)?)));
+            return Ok(Statement::CreateTable(Box::new(parse_create_table(
+                c.rest(),
+                None,
+            )?)));
         }
         if c.keyword("USER") {
             let name = c.expect_ident("user name")?;
@@ -92,9 +129,17 @@ pub fn parse(sql: &str) -> Result<Statement> {
                 ));
             }
             let password = c.expect_string("password")?;
-            let role = if c.keyword("ROLE") { parse_role(&mut c)? } else { Role::User };
+            let role = if c.keyword("ROLE") {
+                parse_role(&mut c)?
+            } else {
+                Role::User
+            };
             c.expect_end()?;
-            return Ok(Statement::CreateUser { name, password, role });
+            return Ok(Statement::CreateUser {
+                name,
+                password,
+                role,
+            });
         }
     }
     let mut c = Cursor::new(sql);
@@ -114,9 +159,15 @@ pub fn parse(sql: &str) -> Result<Statement> {
         }
         c.expect_end()?;
         if password.is_none() && role.is_none() {
-            return Err(Error::InvalidArgument("ALTER USER needs PASSWORD '...' or ROLE r".into()));
+            return Err(Error::InvalidArgument(
+                "ALTER USER needs PASSWORD '...' or ROLE r".into(),
+            ));
         }
-        return Ok(Statement::AlterUser { name, password, role });
+        return Ok(Statement::AlterUser {
+            name,
+            password,
+            role,
+        });
     }
     let mut c = Cursor::new(sql);
     if c.keywords(&["DROP", "USER"]) {
@@ -130,22 +181,35 @@ pub fn parse(sql: &str) -> Result<Statement> {
         let if_exists = c.keywords(&["IF", "EXISTS"]);
         let (namespace, name) = c.expect_table_name()?;
         c.expect_end()?;
-        return Ok(Statement::DropTable { namespace, name, if_exists });
+        return Ok(Statement::DropTable {
+            namespace,
+            name,
+            if_exists,
+        });
     }
     let mut c = Cursor::new(sql);
     if c.keywords(&["ALTER", "TABLE"]) {
         let (namespace, table) = c.expect_table_name()?;
         if !c.keyword("ADD") {
-            return Err(Error::Unsupported("only ALTER TABLE ... ADD COLUMN is supported".into()));
+            return Err(Error::Unsupported(
+                "only ALTER TABLE ... ADD COLUMN is supported".into(),
+            ));
         }
         c.keyword("COLUMN");
         let column = c.expect_ident("column name")?;
         let type_sql = c.rest().trim().trim_end_matches(';').trim();
         if type_sql.is_empty() {
-            return Err(Error::InvalidArgument("ALTER TABLE ADD COLUMN needs a type".into()));
+            return Err(Error::InvalidArgument(
+                "ALTER TABLE ADD COLUMN needs a type".into(),
+            ));
         }
         let data_type = ddl::parse_type_text(type_sql)?;
-        return Ok(Statement::AddColumn { namespace, table, column, data_type });
+        return Ok(Statement::AddColumn {
+            namespace,
+            table,
+            column,
+            data_type,
+        });
     }
     let mut c = Cursor::new(sql);
     if c.keywords(&["FLUSH", "TABLE"]) {
@@ -164,9 +228,14 @@ pub fn parse(sql: &str) -> Result<Statement> {
         let user = c.expect_string_or_ident("user name")?;
         let rest = c.rest().trim();
         if rest.is_empty() {
-            return Err(Error::InvalidArgument("EXECUTE AS USER 'name' needs a statement".into()));
+            return Err(Error::InvalidArgument(
+                "EXECUTE AS USER 'name' needs a statement".into(),
+            ));
         }
-        return Ok(Statement::ExecuteAs { user, sql: rest.to_string() });
+        return Ok(Statement::ExecuteAs {
+            user,
+            sql: rest.to_string(),
+        });
     }
     Ok(Statement::Sql)
 }
@@ -174,7 +243,9 @@ pub fn parse(sql: &str) -> Result<Statement> {
 fn parse_role(c: &mut Cursor<'_>) -> Result<Role> {
     let r = c.expect_string_or_ident("role")?;
     Role::parse(&r).ok_or_else(|| {
-        Error::InvalidArgument(format!("unknown role '{r}' (expected user, service, dba or system)"))
+        Error::InvalidArgument(format!(
+            "unknown role '{r}' (expected user, service, dba or system)"
+        ))
     })
 }
 

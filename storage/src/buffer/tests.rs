@@ -40,7 +40,13 @@ fn rows(buf: &TableBuffer, part: &str) -> Vec<(i64, String, u64)> {
 }
 
 fn buffer() -> TableBuffer {
-    TableBuffer::new("t", &schema(), vec![0], Arc::new(BufferAccounting::default())).unwrap()
+    TableBuffer::new(
+        "t",
+        &schema(),
+        vec![0],
+        Arc::new(BufferAccounting::default()),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -48,7 +54,10 @@ fn duplicate_key_writes_nothing() {
     let b = buffer();
     b.insert("u1", &batch(&[1, 2], "a"), 1).unwrap();
     let err = b.insert("u1", &batch(&[3, 2], "b"), 3).unwrap_err();
-    assert!(err.to_string().contains("duplicate primary key (2)"), "{err}");
+    assert!(
+        err.to_string().contains("duplicate primary key (2)"),
+        "{err}"
+    );
     let err = b.insert("u1", &batch(&[5, 5], "b"), 3).unwrap_err();
     assert!(matches!(err, Error::DuplicateKey { .. }));
     assert_eq!(rows(&b, "u1").len(), 2);
@@ -61,7 +70,11 @@ fn duplicate_key_writes_nothing() {
 fn newest_version_wins_and_deletes_stick() {
     let b = buffer();
     b.insert("u", &batch(&[1, 2, 3], "a"), 1).unwrap();
-    assert_eq!(b.update("u", &batch(&[2, 9], "b"), 10).unwrap(), 1, "9 does not exist");
+    assert_eq!(
+        b.update("u", &batch(&[2, 9], "b"), 10).unwrap(),
+        1,
+        "9 does not exist"
+    );
     assert_eq!(b.delete("u", &batch(&[3, 7], "")).unwrap(), 1);
     assert_eq!(rows(&b, "u"), vec![(1, "a".into(), 1), (2, "b".into(), 10)]);
     // A deleted key can be inserted again.
@@ -118,7 +131,13 @@ fn replace_is_atomic_and_append_only_tables_keep_duplicates() {
     b.replace_partition("u", &batch(&[7], "x"), 3).unwrap();
     assert_eq!(rows(&b, "u"), vec![(7, "x".into(), 3)]);
 
-    let s = TableBuffer::new("s", &schema(), vec![], Arc::new(BufferAccounting::default())).unwrap();
+    let s = TableBuffer::new(
+        "s",
+        &schema(),
+        vec![],
+        Arc::new(BufferAccounting::default()),
+    )
+    .unwrap();
     s.insert("u", &batch(&[1, 1], "a"), 1).unwrap();
     s.insert("u", &batch(&[1], "a"), 3).unwrap();
     assert_eq!(s.row_count("u"), 3);
