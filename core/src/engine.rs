@@ -187,7 +187,14 @@ impl Engine {
         })?;
         let mut rt = RuntimeEnvBuilder::new().with_temp_file_path(config.spill_dir.clone());
         if let Some(limit) = config.memory_limit {
-            rt = rt.with_memory_limit(limit, 1.0);
+            // A fair pool gives every spilling operator its share, so concurrent sorts and
+            // aggregates spill rather than one starving the others into an error.
+            use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+            let consumers = std::num::NonZeroUsize::MIN.saturating_add(4);
+            rt = rt.with_memory_pool(Arc::new(TrackConsumersPool::new(
+                FairSpillPool::new(limit),
+                consumers,
+            )));
         }
         let runtime = rt.build_arc()?;
         let mut cfg = SessionConfig::new()
@@ -197,6 +204,14 @@ impl Engine {
             .with_batch_size(config.batch_size)
             .with_target_partitions(config.target_partitions.max(1));
         let opts = cfg.options_mut();
+        if let Some(limit) = config.memory_limit {
+            // Each sort reserves this much up front for merging its spills; keep it well inside
+            // small pools so sorts spill instead of failing.
+            opts.execution.sort_spill_reservation_bytes = opts
+                .execution
+                .sort_spill_reservation_bytes
+                .min(limit / (4 * config.target_partitions.max(1)));
+        }
         opts.sql_parser.map_string_types_to_utf8view = false;
         opts.execution.parquet.schema_force_view_types = false;
         let memory_pool = Arc::clone(&runtime.memory_pool);

@@ -9,6 +9,7 @@
 //! - [`status`]: the one mapping from core errors to gRPC status codes.
 //! - [`service`]: the `FlightSqlService` implementation.
 //! - [`prepared`]: prepared-statement handles (bounded, owned, expiring).
+//! - [`running`]: in-flight DoGet streams, for `CancelFlightInfo`.
 //! - [`metadata`]: `GetSqlInfo` / `GetXdbcTypeInfo` data.
 //! - [`server`]: start-up (catalog, root bootstrap, listener) and graceful shutdown.
 
@@ -16,6 +17,7 @@ pub mod auth_layer;
 pub mod config;
 pub mod metadata;
 pub mod prepared;
+pub mod running;
 pub mod server;
 pub mod service;
 pub mod status;

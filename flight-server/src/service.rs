@@ -23,8 +23,9 @@ use arrow_flight::sql::{
     TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
-    HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
+    Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
 };
 
 use bytes::Bytes;
@@ -42,6 +43,7 @@ use tracing::Instrument;
 use crate::auth_layer::TokenUser;
 use crate::metadata::{SQL_INFO, XDBC_INFO};
 use crate::prepared::PreparedStatements;
+use crate::running::RunningQueries;
 use crate::status::{datafusion_status, to_status};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -52,6 +54,7 @@ pub struct KalamFlightService {
     engine: Arc<Engine>,
     auth: Arc<Authenticator>,
     prepared: Arc<PreparedStatements>,
+    running: Arc<RunningQueries>,
 }
 
 /// Authenticated caller plus the request id for error mapping.
@@ -187,6 +190,7 @@ impl KalamFlightService {
             engine,
             auth,
             prepared: Arc::new(PreparedStatements::default()),
+            running: Arc::new(RunningQueries::default()),
         }
     }
 
@@ -381,9 +385,11 @@ impl FlightSqlService for KalamFlightService {
                 "this ticket was issued to another user",
             ));
         }
-        Ok(Response::new(
-            self.statement_stream(&caller, sql, None).await?,
-        ))
+        let stream = self.statement_stream(&caller, sql, None).await?;
+        let stream = self
+            .running
+            .track(&caller.exec.user_id, &request.get_ref().ticket, stream)?;
+        Ok(Response::new(stream))
     }
 
     async fn do_put_statement_update(
@@ -481,10 +487,13 @@ impl FlightSqlService for KalamFlightService {
             .prepared
             .get(&cmd.prepared_statement_handle, &caller.exec.user_id)
             .map_err(|e| caller.status(e))?;
-        Ok(Response::new(
-            self.statement_stream(&caller, &p.sql, p.params.as_ref())
-                .await?,
-        ))
+        let stream = self
+            .statement_stream(&caller, &p.sql, p.params.as_ref())
+            .await?;
+        let stream = self
+            .running
+            .track(&caller.exec.user_id, &request.get_ref().ticket, stream)?;
+        Ok(Response::new(stream))
     }
 
     async fn do_put_prepared_statement_update(
@@ -831,6 +840,42 @@ impl FlightSqlService for KalamFlightService {
             "unknown ticket type '{}'",
             message.type_url
         )))
+    }
+
+    async fn do_action_fallback(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let caller = self.caller(&request).await?;
+        if request.get_ref().r#type != "CancelFlightInfo" {
+            return Err(Status::invalid_argument(format!(
+                "unknown action '{}'",
+                request.get_ref().r#type
+            )));
+        }
+        let req = CancelFlightInfoRequest::decode(request.get_ref().body.clone()).map_err(|e| {
+            Status::invalid_argument(format!("malformed CancelFlightInfoRequest: {e}"))
+        })?;
+        let info = req
+            .info
+            .ok_or_else(|| Status::invalid_argument("CancelFlightInfoRequest without info"))?;
+        let mut cancelled = false;
+        for ep in &info.endpoint {
+            if let Some(t) = &ep.ticket {
+                cancelled |= self.running.cancel(&caller.exec.user_id, &t.ticket);
+            }
+        }
+        // Not running (finished, never started, or someone else's): nothing to stop.
+        let status = if cancelled {
+            CancelStatus::Cancelled
+        } else {
+            CancelStatus::NotCancellable
+        };
+        tracing::debug!(request_id = %caller.exec.request_id, ?status, running = self.running.len(), "CancelFlightInfo");
+        let body = CancelFlightInfoResult::new(status).encode_to_vec();
+        Ok(Response::new(Box::pin(stream::iter([Ok(
+            arrow_flight::Result { body: body.into() },
+        )]))))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

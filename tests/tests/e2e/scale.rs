@@ -76,3 +76,75 @@ async fn large_result_streams_with_bounded_server_memory() {
         "server RSS grew {growth} bytes while streaming {bytes} bytes"
     );
 }
+
+#[tokio::test]
+async fn cancel_flight_info_stops_a_running_query() {
+    let f = fixture().await;
+    // Far too much work to finish during the test.
+    let info =
+        f.a.query_info("SELECT sum(value % 7) FROM range(0, 1000000000000)")
+            .await
+            .unwrap();
+    let stream = f.a.fetch(info.clone()).unwrap();
+    let reader = tokio::spawn(async move {
+        let mut stream = stream;
+        let mut last = None;
+        while let Some(item) = stream.next().await {
+            last = Some(item);
+        }
+        last
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = f.a.cancel(&info).await.unwrap();
+        if status == kalam_client::CancelStatus::Cancelled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "query never became cancellable"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let last = reader
+        .await
+        .unwrap()
+        .expect("stream ends with an error item");
+    let err = last.expect_err("cancelled stream ends with an error");
+    assert_eq!(err.code(), Some(tonic::Code::Cancelled), "{err}");
+    // Another user cannot cancel it, and the server keeps serving.
+    assert_eq!(
+        f.b.cancel(&info).await.unwrap(),
+        kalam_client::CancelStatus::NotCancellable
+    );
+    assert_eq!(
+        i64s(
+            &f.a.query_collect("SELECT count(*) FROM app.m")
+                .await
+                .unwrap()
+        ),
+        vec![3]
+    );
+}
+
+#[tokio::test]
+async fn sorts_spill_under_a_small_memory_limit() {
+    let server = kalam_tests::TestServer::start_with(&["--memory-limit", "32MiB"]).unwrap();
+    let root = server.root().await.unwrap();
+    // ~3M rows × ~30 B to sort: far above 32 MiB, so the sort must spill to data-dir/spill.
+    let sql = "SELECT value, concat('v-', CAST(value AS VARCHAR)) AS s FROM range(0, 3000000) ORDER BY s DESC LIMIT 3";
+    let rows = crate::common::strings(&root.query_collect(sql).await.unwrap(), 1);
+    assert_eq!(rows, vec!["v-999999", "v-999998", "v-999997"]);
+    // A full sort streamed to the client: without spilling it would fail with RESOURCE_EXHAUSTED.
+    let sql = "SELECT concat('v-', CAST(value AS VARCHAR)) AS s FROM range(0, 3000000) ORDER BY s";
+    let mut stream = root.query(sql).await.unwrap();
+    let (mut n, mut prev) = (0usize, String::new());
+    while let Some(b) = stream.next().await {
+        for s in crate::common::strings(&[b.unwrap()], 0) {
+            assert!(s >= prev, "out of order: {prev} then {s}");
+            prev = s;
+            n += 1;
+        }
+    }
+    assert_eq!(n, 3_000_000);
+}
