@@ -492,6 +492,10 @@ impl Engine {
                 if n == 0 {
                     return Ok(0);
                 }
+                if rt.def.kind == TableKind::Stream {
+                    // Free rows past their TTL before adding more (reads skip them anyway).
+                    rt.buffer.expire(view.ttl_cutoff_ms());
+                }
                 let first = self.seq.reserve(n);
                 rt.buffer.insert(part, &batch, first)?
             }

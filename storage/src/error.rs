@@ -43,6 +43,22 @@ pub enum Error {
         source: arrow::error::ArrowError,
     },
 
+    /// The WAL is damaged before its tail: refusing to guess what was committed.
+    #[error("WAL corrupt in {file} at offset {offset}: {reason}")]
+    WalCorrupt { file: String, offset: u64, reason: String },
+
+    /// A file-system operation failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The WAL writer has stopped (shutdown or a failed fsync); the write was not made durable.
+    #[error("WAL unavailable: {0}")]
+    WalClosed(String),
+
     /// The write buffer is at its hard limit.
     #[error("write buffer full: {used} bytes used of {limit}")]
     BufferFull { used: usize, limit: usize },

@@ -11,6 +11,7 @@
 //!   primitive of the catalog (and, later, of table manifests).
 //! - [`buffer`]: the write buffer, Arrow rows per table and partition (user), with a primary-key
 //!   index so the newest version of a key wins and inserts of an existing key are refused.
+//! - [`wal`]: the write-ahead log with group commit, and its recovery.
 //! - [`seq`]: the process-wide commit sequence behind every row's `_seq`.
 
 pub mod buffer;
@@ -18,5 +19,6 @@ pub mod error;
 pub mod log;
 pub mod seq;
 pub mod store;
+pub mod wal;
 
 pub use error::{Error, Result};

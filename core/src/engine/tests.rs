@@ -213,3 +213,28 @@ async fn describe_does_not_execute() {
     assert_eq!(d.parameter_schema.fields().len(), 1);
     assert!(ids(&run(&e, "SELECT id FROM app.s", &root).await.unwrap()).is_empty());
 }
+
+#[tokio::test]
+async fn stream_tables_are_append_only_per_user_and_expire() {
+    let (e, _d) = engine().await;
+    let root = ctx("root", Role::System);
+    let (a, b) = (ctx("ua", Role::User), ctx("ub", Role::User));
+    affected(&e, "CREATE NAMESPACE app", &root).await.unwrap();
+    affected(&e, "CREATE STREAM TABLE app.typing (room TEXT, n BIGINT) WITH (TTL_SECONDS = 1)", &root).await.unwrap();
+    affected(&e, "INSERT INTO app.typing VALUES ('r', 1), ('r', 1)", &a).await.unwrap();
+    affected(&e, "INSERT INTO app.typing VALUES ('r', 2)", &b).await.unwrap();
+    let count = |who| {
+        let e = &e;
+        async move { ids(&run(e, "SELECT count(*) FROM app.typing", who).await.unwrap()) }
+    };
+    assert_eq!(count(&a).await, vec![2], "duplicates allowed: no primary key");
+    assert_eq!(count(&b).await, vec![1]);
+    assert!(e.execute("UPDATE app.typing SET n = 3", &a, None).await.is_err());
+    assert!(e.execute("DELETE FROM app.typing", &a, None).await.is_err());
+    // Rows older than the TTL disappear (bounded wait on the condition).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count(&a).await != vec![0] {
+        assert!(std::time::Instant::now() < deadline, "rows never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
