@@ -525,6 +525,16 @@ impl Catalog {
             .collect()
     }
 
+    /// Every table keyed by id (for WAL recovery).
+    pub fn tables_by_id(&self) -> HashMap<u64, Arc<TableRuntime>> {
+        self.state
+            .read()
+            .tables
+            .values()
+            .map(|t| (t.def.id, Arc::clone(t)))
+            .collect()
+    }
+
     /// The user named `name`.
     pub fn user(&self, name: &str) -> Option<Arc<UserDef>> {
         self.state.read().users.get(name).cloned()

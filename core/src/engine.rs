@@ -24,6 +24,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::sqlparser::ast;
 use futures::{StreamExt, TryStreamExt};
 use kalam_storage::seq::SeqAllocator;
+use kalam_storage::wal::{Wal, WalEntry, WalKind};
 
 use crate::auth::hash_password;
 use crate::catalog::{
@@ -87,6 +88,8 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     stats: Arc<Stats>,
     seq: Arc<SeqAllocator>,
+    /// Every row change is logged and fsynced here before it is applied.
+    wal: Arc<Wal>,
     memory_pool: Arc<dyn MemoryPool>,
 }
 
@@ -177,6 +180,7 @@ impl Engine {
     pub fn new(
         catalog: Arc<Catalog>,
         seq: Arc<SeqAllocator>,
+        wal: Arc<Wal>,
         config: &EngineConfig,
     ) -> Result<Self> {
         std::fs::create_dir_all(&config.spill_dir).map_err(|e| {
@@ -219,6 +223,7 @@ impl Engine {
         let stats = Arc::new(Stats::default());
         Stats::add(&stats.session_contexts_created, 1);
         Ok(Self {
+            wal,
             session,
             catalog,
             stats,
@@ -496,8 +501,7 @@ impl Engine {
                     // Free rows past their TTL before adding more (reads skip them anyway).
                     rt.buffer.expire(view.ttl_cutoff_ms());
                 }
-                let first = self.seq.reserve(n);
-                rt.buffer.insert(part, &batch, first)?
+                self.commit(rt, WalKind::Insert, part, batch).await?
             }
             WriteOp::Update => {
                 if rt.def.kind == TableKind::Stream {
@@ -509,8 +513,7 @@ impl Engine {
                     return Ok(0);
                 }
                 self.check_pk_unchanged(dml)?;
-                let first = self.seq.reserve(n);
-                rt.buffer.update(part, &batch, first)?
+                self.commit(rt, WalKind::Update, part, batch).await?
             }
             WriteOp::Delete => {
                 if rt.def.kind == TableKind::Stream {
@@ -518,12 +521,44 @@ impl Engine {
                         "STREAM tables are append-only".into(),
                     ));
                 }
-                rt.buffer.delete(part, &batch)?
+                if n == 0 {
+                    return Ok(0);
+                }
+                self.commit(rt, WalKind::Delete, part, batch).await?
             }
             _ => return Err(Error::Unsupported(format!("{} is not supported", dml.op))),
         };
         Stats::add(&self.stats.rows_written, written as u64);
         Ok(written as u64)
+    }
+
+    /// Makes one change durable and visible: under the partition's writer lock, validate,
+    /// append to the WAL (fsynced, group-committed with other writers), then apply to the buffer.
+    async fn commit(
+        &self,
+        rt: &crate::catalog::TableRuntime,
+        kind: WalKind,
+        partition: &str,
+        batch: RecordBatch,
+    ) -> Result<usize> {
+        let lock = rt.buffer.writer_lock(partition);
+        let _writer = lock.lock().await;
+        match kind {
+            WalKind::Insert => rt.buffer.check_insert(partition, &batch)?,
+            WalKind::Replace => rt.buffer.check_unique(&batch)?,
+            WalKind::Update | WalKind::Delete => {}
+        }
+        let first_seq = self.seq.reserve((batch.num_rows() as u64).max(1));
+        let entry = WalEntry {
+            kind,
+            table_id: rt.def.id,
+            partition: partition.to_string(),
+            first_seq,
+            batch,
+            committed_at_ms: now_ms(),
+        };
+        self.wal.append(&entry).await?;
+        Ok(apply_entry(&rt.buffer, &entry)?)
     }
 
     /// UPDATE may not assign primary-key columns (a key is the row's identity).
@@ -824,15 +859,14 @@ impl Engine {
         })?;
         view.check_write()?;
         let rt = &view.runtime;
-        let n = batch.num_rows() as u64;
-        let first = self.seq.reserve(n.max(1));
         let written = if mode == IngestMode::Replace {
-            rt.buffer
-                .replace_partition(view.partition(), &batch, first)?
-        } else if n == 0 {
+            self.commit(rt, WalKind::Replace, view.partition(), batch)
+                .await?
+        } else if batch.num_rows() == 0 {
             0
         } else {
-            rt.buffer.insert(view.partition(), &batch, first)?
+            self.commit(rt, WalKind::Insert, view.partition(), batch)
+                .await?
         };
         Stats::add(&self.stats.rows_written, written as u64);
         Ok(written as u64)
@@ -952,6 +986,46 @@ fn align_to(target: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> 
         );
     }
     concat_batches(target, &aligned).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Applies a logged change to a table buffer (live, after the WAL append, and at recovery).
+pub fn apply_entry(
+    buffer: &kalam_storage::buffer::TableBuffer,
+    e: &WalEntry,
+) -> kalam_storage::Result<usize> {
+    match e.kind {
+        WalKind::Insert => buffer.insert(&e.partition, &e.batch, e.first_seq),
+        WalKind::Update => buffer.update(&e.partition, &e.batch, e.first_seq),
+        WalKind::Delete => buffer.delete(&e.partition, &e.batch),
+        WalKind::Replace => buffer.replace_partition(&e.partition, &e.batch, e.first_seq),
+    }
+}
+
+/// Replays recovered WAL entries into the catalog's tables. Entries of dropped tables are
+/// skipped, as are STREAM rows already past their TTL. Returns the highest sequence number seen.
+pub fn recover(catalog: &Catalog, entries: &[WalEntry]) -> Result<u64> {
+    let tables = catalog.tables_by_id();
+    let now = now_ms();
+    let mut max_seq = 0;
+    let (mut applied, mut skipped) = (0usize, 0usize);
+    for e in entries {
+        max_seq = max_seq.max(e.last_seq());
+        let Some(rt) = tables.get(&e.table_id) else {
+            skipped += 1;
+            continue;
+        };
+        if let Some(ttl) = rt.def.ttl_seconds
+            && e.committed_at_ms < now - (ttl as i64) * 1000
+        {
+            skipped += 1;
+            continue;
+        }
+        // Entries were validated before they were logged, so replay in log order succeeds.
+        apply_entry(&rt.buffer, e)?;
+        applied += 1;
+    }
+    tracing::info!(applied, skipped, max_seq, "WAL replayed");
+    Ok(max_seq)
 }
 
 /// The stream of an [`Output`], or an empty stream for a count.

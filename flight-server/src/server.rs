@@ -10,6 +10,7 @@ use kalam_core::context::Role;
 use kalam_core::engine::{Engine, EngineConfig};
 use kalam_storage::buffer::BufferAccounting;
 use kalam_storage::seq::SeqAllocator;
+use kalam_storage::wal::{DEFAULT_SEGMENT_BYTES, Wal};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -55,9 +56,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(2),
     };
+    let (wal, entries) = Wal::open(&data_dir.join("wal"), DEFAULT_SEGMENT_BYTES)?;
+    let max_seq = kalam_core::engine::recover(&catalog, &entries)?;
+    drop(entries);
     let engine = Arc::new(Engine::new(
         Arc::clone(&catalog),
-        Arc::new(SeqAllocator::new(0)),
+        Arc::new(SeqAllocator::new(max_seq)),
+        Arc::new(wal),
         &engine_config,
     )?);
     let auth_config = AuthConfig {

@@ -39,11 +39,19 @@ fn storage_status(err: kalam_storage::Error, request_id: &str) -> Status {
         S::DuplicateKey { .. } => client(Status::already_exists(err.to_string())),
         S::Arrow { .. } => client(Status::invalid_argument(err.to_string())),
         S::BufferFull { .. } => client(Status::resource_exhausted(err.to_string())),
+        S::WalClosed(_) => {
+            tracing::warn!(%request_id, error = %err, "write not made durable");
+            Status::unavailable(format!(
+                "{err} (request id {request_id}); the write was not applied"
+            ))
+        }
         S::InvalidUrl { .. }
         | S::ObjectStore { .. }
         | S::CorruptLog { .. }
         | S::NoConditionalPut { .. }
-        | S::CommitContention { .. } => internal(&err.to_string(), request_id),
+        | S::CommitContention { .. }
+        | S::WalCorrupt { .. }
+        | S::Io { .. } => internal(&err.to_string(), request_id),
     }
 }
 

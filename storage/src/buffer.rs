@@ -63,6 +63,9 @@ pub struct TableBuffer {
     partitions: RwLock<HashMap<Arc<str>, Arc<RwLock<Partition>>>>,
     /// Where this buffer reports its bytes.
     accounting: Arc<BufferAccounting>,
+    /// One writer at a time per partition, held across validate → WAL fsync → apply so the
+    /// log order is the apply order. Bounded like `partitions`.
+    writers: parking_lot::Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -135,6 +138,7 @@ impl TableBuffer {
             converter,
             partitions: RwLock::new(HashMap::new()),
             accounting,
+            writers: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -170,6 +174,52 @@ impl TableBuffer {
             .map(|i| array_value_to_string(batch.column(*i), row).unwrap_or_else(|_| "?".into()))
             .collect();
         format!("({})", parts.join(", "))
+    }
+
+    /// The writer lock of `partition` (see the field docs).
+    pub fn writer_lock(&self, partition: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(self.writers.lock().entry(Arc::from(partition)).or_default())
+    }
+
+    /// Checks that inserting `batch` into `partition` would succeed (no existing or repeated
+    /// key), without writing. Call under the partition's writer lock.
+    pub fn check_insert(&self, partition: &str, batch: &RecordBatch) -> Result<()> {
+        if self.pk.is_empty() {
+            return Ok(());
+        }
+        let keys = self.keys(batch)?;
+        let part = self.partitions.read().get(partition).cloned();
+        let p = part.as_ref().map(|p| p.read());
+        let mut seen = std::collections::HashSet::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let k = keys.row(i);
+            let exists = p.as_ref().is_some_and(|p| p.index.contains_key(&k.owned()));
+            if exists || !seen.insert(k) {
+                return Err(Error::DuplicateKey {
+                    table: self.table.clone(),
+                    key: self.render_key(batch, i),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `batch` repeats no key (for a partition replacement).
+    pub fn check_unique(&self, batch: &RecordBatch) -> Result<()> {
+        if self.pk.is_empty() {
+            return Ok(());
+        }
+        let keys = self.keys(batch)?;
+        let mut seen = std::collections::HashSet::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            if !seen.insert(keys.row(i)) {
+                return Err(Error::DuplicateKey {
+                    table: self.table.clone(),
+                    key: self.render_key(batch, i),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Inserts new rows (user columns only) into `partition`, numbering them from `first_seq`.

@@ -45,7 +45,11 @@ pub enum Error {
 
     /// The WAL is damaged before its tail: refusing to guess what was committed.
     #[error("WAL corrupt in {file} at offset {offset}: {reason}")]
-    WalCorrupt { file: String, offset: u64, reason: String },
+    WalCorrupt {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
 
     /// A file-system operation failed.
     #[error("I/O error on {path}: {source}")]

@@ -60,6 +60,8 @@ pub struct WalEntry {
     pub first_seq: u64,
     /// Rows (user columns) or, for deletes, the keys.
     pub batch: RecordBatch,
+    /// Commit time, ms since the epoch (STREAM tables expire rows by it).
+    pub committed_at_ms: i64,
 }
 
 impl WalEntry {
@@ -75,6 +77,8 @@ struct Header {
     table_id: u64,
     partition: String,
     first_seq: u64,
+    #[serde(default)]
+    committed_at_ms: i64,
 }
 
 fn encode(entry: &WalEntry) -> Result<Vec<u8>> {
@@ -83,14 +87,19 @@ fn encode(entry: &WalEntry) -> Result<Vec<u8>> {
         table_id: entry.table_id,
         partition: entry.partition.clone(),
         first_seq: entry.first_seq,
+        committed_at_ms: entry.committed_at_ms,
     })
     .map_err(|e| Error::WalClosed(format!("cannot encode WAL header: {e}")))?;
     let mut payload = Vec::with_capacity(64 + entry.batch.get_array_memory_size());
     payload.extend_from_slice(&(header.len() as u32).to_le_bytes());
     payload.extend_from_slice(&header);
     {
-        let arrow_err = |e| Error::Arrow { table: format!("table {}", entry.table_id), source: e };
-        let mut w = StreamWriter::try_new(&mut payload, &entry.batch.schema()).map_err(arrow_err)?;
+        let arrow_err = |e| Error::Arrow {
+            table: format!("table {}", entry.table_id),
+            source: e,
+        };
+        let mut w =
+            StreamWriter::try_new(&mut payload, &entry.batch.schema()).map_err(arrow_err)?;
         w.write(&entry.batch).map_err(arrow_err)?;
         w.finish().map_err(arrow_err)?;
     }
@@ -113,13 +122,20 @@ fn decode(payload: &[u8]) -> std::result::Result<WalEntry, String> {
     let hlen = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) as usize;
     let header_bytes = payload.get(4..4 + hlen).ok_or("header out of bounds")?;
     let h: Header = serde_json::from_slice(header_bytes).map_err(|e| format!("bad header: {e}"))?;
-    let mut reader =
-        StreamReader::try_new(&payload[4 + hlen..], None).map_err(|e| format!("bad Arrow data: {e}"))?;
+    let mut reader = StreamReader::try_new(&payload[4 + hlen..], None)
+        .map_err(|e| format!("bad Arrow data: {e}"))?;
     let batch = reader
         .next()
         .ok_or("record has no batch")?
         .map_err(|e| format!("bad Arrow data: {e}"))?;
-    Ok(WalEntry { kind: h.kind, table_id: h.table_id, partition: h.partition, first_seq: h.first_seq, batch })
+    Ok(WalEntry {
+        kind: h.kind,
+        table_id: h.table_id,
+        partition: h.partition,
+        first_seq: h.first_seq,
+        batch,
+        committed_at_ms: h.committed_at_ms,
+    })
 }
 
 /// Counters for observability.
@@ -150,12 +166,17 @@ pub struct Wal {
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("bytes", &self.record.len()).finish()
+        f.debug_struct("Pending")
+            .field("bytes", &self.record.len())
+            .finish()
     }
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |e| Error::Io { path: path.display().to_string(), source: e }
+    move |e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    }
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -163,7 +184,9 @@ fn segment_name(first_seq: u64) -> String {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// Reads every segment; returns the entries in log order and the path + length of the last
@@ -179,7 +202,9 @@ fn recover(dir: &Path) -> Result<(Vec<WalEntry>, Option<PathBuf>)> {
     for (i, seg) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
         let mut data = Vec::new();
-        File::open(seg).and_then(|mut f| f.read_to_end(&mut data)).map_err(io_err(seg))?;
+        File::open(seg)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(io_err(seg))?;
         let mut pos = 0usize;
         let corrupt = |offset: usize, reason: &str| Error::WalCorrupt {
             file: seg.display().to_string(),
@@ -189,7 +214,11 @@ fn recover(dir: &Path) -> Result<(Vec<WalEntry>, Option<PathBuf>)> {
         while pos < data.len() {
             let rest = &data[pos..];
             let torn = |reason: &str| -> Result<Option<usize>> {
-                if last { Ok(Some(pos)) } else { Err(corrupt(pos, reason)) }
+                if last {
+                    Ok(Some(pos))
+                } else {
+                    Err(corrupt(pos, reason))
+                }
             };
             let cut = if rest.len() < 16 {
                 torn("truncated record header")?
@@ -216,8 +245,13 @@ fn recover(dir: &Path) -> Result<(Vec<WalEntry>, Option<PathBuf>)> {
             };
             if let Some(at) = cut {
                 tracing::warn!(file = %seg.display(), offset = at, "truncating torn WAL tail");
-                let f = OpenOptions::new().write(true).open(seg).map_err(io_err(seg))?;
-                f.set_len(at as u64).and_then(|()| f.sync_all()).map_err(io_err(seg))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(seg)
+                    .map_err(io_err(seg))?;
+                f.set_len(at as u64)
+                    .and_then(|()| f.sync_all())
+                    .map_err(io_err(seg))?;
                 break;
             }
         }
@@ -241,16 +275,32 @@ impl Wal {
                 p
             }
         };
-        let file = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         let size = file.metadata().map_err(io_err(&path))?.len();
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stats = Arc::new(WalStats::default());
-        let writer = Writer { dir: dir.to_path_buf(), file, size, segment_bytes, stats: Arc::clone(&stats) };
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            file,
+            size,
+            segment_bytes,
+            stats: Arc::clone(&stats),
+        };
         std::thread::Builder::new()
             .name("kalam-wal".into())
             .spawn(move || writer.run(rx))
             .map_err(io_err(dir))?;
-        Ok((Self { tx, stats, dir: dir.to_path_buf() }, entries))
+        Ok((
+            Self {
+                tx,
+                stats,
+                dir: dir.to_path_buf(),
+            },
+            entries,
+        ))
     }
 
     /// Appends `entry` and returns once it is fsynced.
@@ -307,8 +357,12 @@ impl Writer {
             if result.is_ok() {
                 self.size += buf.len() as u64;
                 self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-                self.stats.records.fetch_add(group.len() as u64, Ordering::Relaxed);
-                self.stats.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .records
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .bytes
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
             } else {
                 tracing::error!(error = ?result, "WAL fsync failed; failing the writes of this group");
             }
@@ -332,7 +386,11 @@ impl Writer {
     fn rotate(&mut self, next_seq: u64) -> Result<()> {
         let path = self.dir.join(segment_name(next_seq));
         self.file.sync_all().map_err(io_err(&path))?;
-        let file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path))?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         sync_dir(&self.dir)?;
         self.file = file;
         self.size = 0;

@@ -129,6 +129,14 @@ impl TestServer {
         self.client("root", ROOT_PASSWORD).await
     }
 
+    /// Kills the server with SIGKILL (a crash) and returns its data directory.
+    pub fn kill9(mut self) -> Result<tempfile::TempDir> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(std::mem::replace(&mut self.data_dir, tempfile::tempdir()?))
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
     pub fn stop(mut self) -> Result<(i32, tempfile::TempDir)> {
         let mut child = self.child.take().context("already stopped")?;

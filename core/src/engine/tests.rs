@@ -21,10 +21,13 @@ async fn engine() -> (Engine, tempfile::TempDir) {
         batch_size: 8192,
         target_partitions: 2,
     };
-    (
-        Engine::new(catalog, Arc::new(SeqAllocator::new(0)), &cfg).unwrap(),
-        dir,
+    let (wal, _) = Wal::open(
+        &dir.path().join("wal"),
+        kalam_storage::wal::DEFAULT_SEGMENT_BYTES,
     )
+    .unwrap();
+    let seq = Arc::new(SeqAllocator::new(0));
+    (Engine::new(catalog, seq, Arc::new(wal), &cfg).unwrap(), dir)
 }
 
 fn ctx(id: &str, role: Role) -> Arc<ExecutionContext> {
@@ -220,16 +223,38 @@ async fn stream_tables_are_append_only_per_user_and_expire() {
     let root = ctx("root", Role::System);
     let (a, b) = (ctx("ua", Role::User), ctx("ub", Role::User));
     affected(&e, "CREATE NAMESPACE app", &root).await.unwrap();
-    affected(&e, "CREATE STREAM TABLE app.typing (room TEXT, n BIGINT) WITH (TTL_SECONDS = 1)", &root).await.unwrap();
-    affected(&e, "INSERT INTO app.typing VALUES ('r', 1), ('r', 1)", &a).await.unwrap();
-    affected(&e, "INSERT INTO app.typing VALUES ('r', 2)", &b).await.unwrap();
+    affected(
+        &e,
+        "CREATE STREAM TABLE app.typing (room TEXT, n BIGINT) WITH (TTL_SECONDS = 1)",
+        &root,
+    )
+    .await
+    .unwrap();
+    affected(&e, "INSERT INTO app.typing VALUES ('r', 1), ('r', 1)", &a)
+        .await
+        .unwrap();
+    affected(&e, "INSERT INTO app.typing VALUES ('r', 2)", &b)
+        .await
+        .unwrap();
     let count = |who| {
         let e = &e;
-        async move { ids(&run(e, "SELECT count(*) FROM app.typing", who).await.unwrap()) }
+        async move {
+            ids(&run(e, "SELECT count(*) FROM app.typing", who)
+                .await
+                .unwrap())
+        }
     };
-    assert_eq!(count(&a).await, vec![2], "duplicates allowed: no primary key");
+    assert_eq!(
+        count(&a).await,
+        vec![2],
+        "duplicates allowed: no primary key"
+    );
     assert_eq!(count(&b).await, vec![1]);
-    assert!(e.execute("UPDATE app.typing SET n = 3", &a, None).await.is_err());
+    assert!(
+        e.execute("UPDATE app.typing SET n = 3", &a, None)
+            .await
+            .is_err()
+    );
     assert!(e.execute("DELETE FROM app.typing", &a, None).await.is_err());
     // Rows older than the TTL disappear (bounded wait on the condition).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

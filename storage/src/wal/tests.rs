@@ -15,11 +15,21 @@ fn entry(first_seq: u64, ids: &[i64]) -> WalEntry {
         ],
     )
     .unwrap();
-    WalEntry { kind: WalKind::Insert, table_id: 7, partition: "u1".into(), first_seq, batch }
+    WalEntry {
+        kind: WalKind::Insert,
+        table_id: 7,
+        partition: "u1".into(),
+        first_seq,
+        batch,
+        committed_at_ms: 0,
+    }
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     v.sort();
     v
 }
@@ -34,7 +44,9 @@ async fn entries_survive_reopen_in_order_with_group_commit() {
         let tasks: Vec<_> = (0..200u64)
             .map(|i| {
                 let wal = Arc::clone(&wal);
-                tokio::spawn(async move { wal.append(&entry(i * 10 + 1, &[i as i64])).await.unwrap() })
+                tokio::spawn(
+                    async move { wal.append(&entry(i * 10 + 1, &[i as i64])).await.unwrap() },
+                )
             })
             .collect();
         for t in tasks {
@@ -47,7 +59,14 @@ async fn entries_survive_reopen_in_order_with_group_commit() {
     assert_eq!(entries.len(), 200);
     let mut ids: Vec<i64> = entries
         .iter()
-        .map(|e| e.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0))
+        .map(|e| {
+            e.batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0)
+        })
         .collect();
     ids.sort();
     assert_eq!(ids, (0..200).collect::<Vec<_>>());
@@ -65,14 +84,22 @@ async fn torn_tail_is_truncated_and_writing_continues() {
     let seg = segments(dir.path()).pop().unwrap();
     let full = std::fs::metadata(&seg).unwrap().len();
     // Cut the last record in half, as a crash mid-write would.
-    OpenOptions::new().write(true).open(&seg).unwrap().set_len(full - 20).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(full - 20)
+        .unwrap();
     {
         let (wal, entries) = Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
         assert_eq!(entries.len(), 1, "only the intact record survives");
         wal.append(&entry(10, &[10])).await.unwrap();
     }
     let (_, entries) = Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap();
-    assert_eq!(entries.iter().map(|e| e.first_seq).collect::<Vec<_>>(), vec![1, 10]);
+    assert_eq!(
+        entries.iter().map(|e| e.first_seq).collect::<Vec<_>>(),
+        vec![1, 10]
+    );
 }
 
 #[tokio::test]
@@ -90,7 +117,10 @@ async fn bit_flip_before_the_tail_refuses_to_start() {
     std::fs::write(&seg, &data).unwrap();
     let err = Wal::open(dir.path(), DEFAULT_SEGMENT_BYTES).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("WAL corrupt") && msg.contains("offset 0"), "{msg}");
+    assert!(
+        msg.contains("WAL corrupt") && msg.contains("offset 0"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]

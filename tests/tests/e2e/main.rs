@@ -8,3 +8,4 @@ mod isolation;
 mod protocol;
 mod roles;
 mod scale;
+mod storage;
