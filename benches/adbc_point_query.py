@@ -107,8 +107,10 @@ def client(uri: str, user: str, rows: int, n: int, out: mp.Queue) -> None:
 
 
 def run(uri: str, clients: int, per_client: int, users: int, rows: int) -> dict:
-    q: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=client, args=(uri, f"u{i % users}", rows, per_client, q)) for i in range(clients)]
+    # "spawn": the parent already runs the ADBC (Go) runtime, which does not survive fork().
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=client, args=(uri, f"u{i % users}", rows, per_client, q)) for i in range(clients)]
     t0 = time.perf_counter()
     for p in procs:
         p.start()
@@ -139,10 +141,13 @@ def main() -> None:
         proc, uri = start_server(tmp)
         try:
             load(uri, args.users, args.rows_per_user)
+            print("loaded", flush=True)
             rss_loaded = rss_mib(proc.pid)
             warm = run(uri, 8, 1000, args.users, args.rows_per_user)
             rss_warm = rss_mib(proc.pid)
+            print(f"warm-up: {warm['qps']:.0f} q/s", flush=True)
             one = run(uri, 1, 5000, args.users, args.rows_per_user)
+            print(f"1 client: {one['qps']:.0f} q/s", flush=True)
             eight = run(uri, 8, args.queries // 8, args.users, args.rows_per_user)
             rss_after = rss_mib(proc.pid)
         finally:

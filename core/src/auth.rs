@@ -96,7 +96,7 @@ pub struct Authenticator {
     /// MAC key for tokens and for hashing cached Basic headers; random per process.
     key: [u8; 32],
     /// keyed-hash(Basic header) → (user id, verified at). Bounded by `BASIC_CACHE_MAX`.
-    basic_cache: DashMap<[u8; 32], (String, Instant)>,
+    basic_cache: DashMap<[u8; 32], (String, String, Instant)>,
     /// (user, peer) → (failures, window start). Bounded by `FAILURES_MAX`.
     failures: DashMap<(String, Option<IpAddr>), (u32, Instant)>,
 }
@@ -175,9 +175,12 @@ impl Authenticator {
     pub fn login_basic_cached(&self, b64: &str, peer: Option<IpAddr>) -> Result<Arc<UserDef>> {
         let digest = *blake3::keyed_hash(&self.key, format!("basic:{b64}").as_bytes()).as_bytes();
         if let Some(hit) = self.basic_cache.get(&digest) {
-            let (id, at) = hit.value().clone();
+            let (id, hash, at) = hit.value().clone();
+            // Valid while fresh and while the password is unchanged (ALTER USER ... PASSWORD
+            // or DROP USER invalidate it at once).
             if at.elapsed() < self.config.basic_cache_ttl
                 && let Some(u) = self.catalog.user_by_id(&id)
+                && u.password_hash == hash
             {
                 return Ok(u);
             }
@@ -186,13 +189,13 @@ impl Authenticator {
         let u = self.login(&user, &pw, peer)?;
         if self.basic_cache.len() >= BASIC_CACHE_MAX {
             let ttl = self.config.basic_cache_ttl;
-            self.basic_cache.retain(|_, (_, at)| at.elapsed() < ttl);
+            self.basic_cache.retain(|_, (_, _, at)| at.elapsed() < ttl);
             if self.basic_cache.len() >= BASIC_CACHE_MAX {
                 self.basic_cache.clear();
             }
         }
         self.basic_cache
-            .insert(digest, (u.id.clone(), Instant::now()));
+            .insert(digest, (u.id.clone(), u.password_hash.clone(), Instant::now()));
         Ok(u)
     }
 

@@ -12,7 +12,6 @@ use kalam_storage::buffer::BufferAccounting;
 use kalam_storage::seq::SeqAllocator;
 use kalam_storage::wal::{DEFAULT_SEGMENT_BYTES, Wal};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::auth_layer::AuthLayer;
 use crate::config::Config;
@@ -76,6 +75,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // Small request/response messages: without TCP_NODELAY, Nagle + delayed ACK add ~40 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)));
     // Tests and scripts wait for this exact line.
     println!("listening on {addr}");
     tracing::info!(%addr, storage = %url, "KalamFlight started");
@@ -88,7 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .layer(AuthLayer::new(auth))
         .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
     let mut serve = std::pin::pin!(serve);
