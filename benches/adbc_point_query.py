@@ -123,10 +123,19 @@ def run(uri: str, clients: int, per_client: int, users: int, rows: int) -> dict:
     for p in procs:
         p.join()
     wall = time.perf_counter() - t0
-    lat.sort()
+    return summarize(clients, lat, wall)
+
+
+def summarize(clients: int, lat: list[float], wall: float) -> dict:
+    lat = sorted(lat)
     pct = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
     return {"clients": clients, "queries": len(lat), "qps": len(lat) / wall,
-            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "p999_ms": pct(0.999)}
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "p999_ms": pct(0.999), "_lat": lat, "_wall": wall}
+
+
+def merge(chunks: list[dict]) -> dict:
+    lat = [x for c in chunks for x in c["_lat"]]
+    return summarize(chunks[0]["clients"], lat, sum(c["_wall"] for c in chunks))
 
 
 def main() -> None:
@@ -148,12 +157,23 @@ def main() -> None:
             print(f"warm-up: {warm['qps']:.0f} q/s", flush=True)
             one = run(uri, 1, 5000, args.users, args.rows_per_user)
             print(f"1 client: {one['qps']:.0f} q/s", flush=True)
-            eight = run(uri, 8, args.queries // 8, args.users, args.rows_per_user)
-            rss_after = rss_mib(proc.pid)
+            # The long run in chunks, sampling RSS after each: flat means no per-query leak.
+            chunks, rss_series = [], [rss_warm]
+            per_chunk = max(8, args.queries // 5)
+            done = 0
+            while done < args.queries:
+                n = min(per_chunk, args.queries - done)
+                chunks.append(run(uri, 8, n // 8, args.users, args.rows_per_user))
+                done += chunks[-1]["queries"]
+                rss_series.append(rss_mib(proc.pid))
+                print(f"  {done} queries: {chunks[-1]['qps']:.0f} q/s, RSS {rss_series[-1]:.1f} MiB", flush=True)
+            eight = merge(chunks)
+            rss_after = rss_series[-1]
         finally:
             proc.terminate()
             proc.wait(30)
     figures = {
+        "rss_series_mib": rss_series,
         "table_rows": args.users * args.rows_per_user, "users": args.users,
         "rss_after_load_mib": rss_loaded, "rss_after_warmup_mib": rss_warm,
         "rss_after_long_run_mib": rss_after, "warmup": warm, "one_client": one, "eight_clients": eight,
@@ -165,7 +185,8 @@ def main() -> None:
     print(f"  server RSS: after load {rss_loaded:.1f} MiB, after warm-up {rss_warm:.1f} MiB, "
           f"after {eight['queries'] + one['queries'] + warm['queries']} queries {rss_after:.1f} MiB")
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+        strip = lambda d: {k: v for k, v in d.items() if not k.startswith("_")} if isinstance(d, dict) else d
+        Path(args.json).write_text(json.dumps({k: strip(v) for k, v in figures.items()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -173,18 +173,10 @@ impl Authenticator {
     /// Verifies a Basic header value on an ordinary call, consulting the short-lived cache first
     /// so argon2 runs once per header, not once per call.
     pub fn login_basic_cached(&self, b64: &str, peer: Option<IpAddr>) -> Result<Arc<UserDef>> {
-        let digest = *blake3::keyed_hash(&self.key, format!("basic:{b64}").as_bytes()).as_bytes();
-        if let Some(hit) = self.basic_cache.get(&digest) {
-            let (id, hash, at) = hit.value().clone();
-            // Valid while fresh and while the password is unchanged (ALTER USER ... PASSWORD
-            // or DROP USER invalidate it at once).
-            if at.elapsed() < self.config.basic_cache_ttl
-                && let Some(u) = self.catalog.user_by_id(&id)
-                && u.password_hash == hash
-            {
-                return Ok(u);
-            }
+        if let Some(u) = self.cached_basic(b64) {
+            return Ok(u);
         }
+        let digest = self.basic_digest(b64);
         let (user, pw) = decode_basic(b64)?;
         let u = self.login(&user, &pw, peer)?;
         if self.basic_cache.len() >= BASIC_CACHE_MAX {
@@ -197,6 +189,27 @@ impl Authenticator {
         self.basic_cache
             .insert(digest, (u.id.clone(), u.password_hash.clone(), Instant::now()));
         Ok(u)
+    }
+
+    fn basic_digest(&self, b64: &str) -> [u8; 32] {
+        *blake3::keyed_hash(&self.key, format!("basic:{b64}").as_bytes()).as_bytes()
+    }
+
+    /// The user behind a Basic header verified recently, without running argon2.
+    pub fn cached_basic(&self, b64: &str) -> Option<Arc<UserDef>> {
+        let digest = self.basic_digest(b64);
+        if let Some(hit) = self.basic_cache.get(&digest) {
+            let (id, hash, at) = hit.value().clone();
+            // Valid while fresh and while the password is unchanged (ALTER USER ... PASSWORD
+            // or DROP USER invalidate it at once).
+            if at.elapsed() < self.config.basic_cache_ttl
+                && let Some(u) = self.catalog.user_by_id(&id)
+                && u.password_hash == hash
+            {
+                return Some(u);
+            }
+        }
+        None
     }
 
     /// Issues a bearer token for `user`.

@@ -55,7 +55,12 @@ pub struct KalamFlightService {
     auth: Arc<Authenticator>,
     prepared: Arc<PreparedStatements>,
     running: Arc<RunningQueries>,
+    /// Bounds concurrent password verifications (see [`KalamFlightService::argon2`]).
+    argon2_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Concurrent argon2 verifications (≈19 MiB each).
+pub const ARGON2_SLOTS: usize = 2;
 
 /// Authenticated caller plus the request id for error mapping.
 struct Caller {
@@ -191,6 +196,7 @@ impl KalamFlightService {
             auth,
             prepared: Arc::new(PreparedStatements::default()),
             running: Arc::new(RunningQueries::default()),
+            argon2_slots: Arc::new(tokio::sync::Semaphore::new(ARGON2_SLOTS)),
         }
     }
 
@@ -213,11 +219,14 @@ impl KalamFlightService {
         } else if let Some(token) = strip_scheme(header, "Bearer") {
             self.auth.verify_token(token)
         } else if let Some(b64) = strip_scheme(header, "Basic") {
-            let auth = Arc::clone(&self.auth);
-            let b64 = b64.to_string();
-            tokio::task::spawn_blocking(move || auth.login_basic_cached(&b64, peer))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
+            match self.auth.cached_basic(b64) {
+                Some(user) => Ok(user),
+                None => {
+                    let auth = Arc::clone(&self.auth);
+                    let b64 = b64.to_string();
+                    self.argon2(move || auth.login_basic_cached(&b64, peer)).await?
+                }
+            }
         } else {
             Err(Error::Unauthenticated(
                 "unsupported authorization scheme".into(),
@@ -227,6 +236,18 @@ impl KalamFlightService {
         let exec = Authenticator::context_for(&user, request_id);
         tracing::debug!(request_id = %exec.request_id, user = %exec.user_name, "authenticated");
         Ok(Caller { exec })
+    }
+
+    /// Runs a password check off the async runtime, at most [`ARGON2_SLOTS`] at a time: each
+    /// argon2id verification holds ~19 MiB, so unbounded concurrent logins would be unbounded
+    /// memory (and a cheap way to exhaust the CPU).
+    async fn argon2<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+        let _slot = self
+            .argon2_slots
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("server is shutting down"))?;
+        tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))
     }
 
     async fn statement_stream(
@@ -330,9 +351,9 @@ impl FlightSqlService for KalamFlightService {
         let (user, pw) = decode_basic(b64).map_err(|e| to_status(e, &request_id))?;
         let peer = request.remote_addr().map(|a| a.ip());
         let auth = Arc::clone(&self.auth);
-        let user = tokio::task::spawn_blocking(move || auth.login(&user, &pw, peer))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
+        let user = self
+            .argon2(move || auth.login(&user, &pw, peer))
+            .await?
             .map_err(|e| to_status(e, &request_id))?;
         let token = self.auth.issue_token(&user);
         tracing::info!(%request_id, user = %user.name, "login");
