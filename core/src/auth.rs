@@ -186,8 +186,10 @@ impl Authenticator {
                 self.basic_cache.clear();
             }
         }
-        self.basic_cache
-            .insert(digest, (u.id.clone(), u.password_hash.clone(), Instant::now()));
+        self.basic_cache.insert(
+            digest,
+            (u.id.clone(), u.password_hash.clone(), Instant::now()),
+        );
         Ok(u)
     }
 

@@ -224,7 +224,8 @@ impl KalamFlightService {
                 None => {
                     let auth = Arc::clone(&self.auth);
                     let b64 = b64.to_string();
-                    self.argon2(move || auth.login_basic_cached(&b64, peer)).await?
+                    self.argon2(move || auth.login_basic_cached(&b64, peer))
+                        .await?
                 }
             }
         } else {
@@ -241,13 +242,18 @@ impl KalamFlightService {
     /// Runs a password check off the async runtime, at most [`ARGON2_SLOTS`] at a time: each
     /// argon2id verification holds ~19 MiB, so unbounded concurrent logins would be unbounded
     /// memory (and a cheap way to exhaust the CPU).
-    async fn argon2<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    async fn argon2<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Status> {
         let _slot = self
             .argon2_slots
             .acquire()
             .await
             .map_err(|_| Status::unavailable("server is shutting down"))?;
-        tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))
     }
 
     async fn statement_stream(

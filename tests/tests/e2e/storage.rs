@@ -154,7 +154,11 @@ async fn acknowledged_writes_survive_sigkill() {
         let present: std::collections::HashSet<i64> = stmts.into_iter().collect();
         let missing: Vec<i64> = {
             let acked_now = acked.lock().unwrap();
-            acked_now.keys().filter(|s| !present.contains(s)).copied().collect()
+            acked_now
+                .keys()
+                .filter(|s| !present.contains(s))
+                .copied()
+                .collect()
         };
         assert!(
             missing.is_empty(),
