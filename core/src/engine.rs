@@ -503,7 +503,7 @@ impl Engine {
                 }
                 self.commit(rt, WalKind::Insert, part, batch).await?
             }
-            WriteOp::Update => {
+            WriteOp::Update | WriteOp::Delete => {
                 if rt.def.kind == TableKind::Stream {
                     return Err(Error::InvalidArgument(
                         "STREAM tables are append-only".into(),
@@ -512,19 +512,13 @@ impl Engine {
                 if n == 0 {
                     return Ok(0);
                 }
-                self.check_pk_unchanged(dml)?;
-                self.commit(rt, WalKind::Update, part, batch).await?
-            }
-            WriteOp::Delete => {
-                if rt.def.kind == TableKind::Stream {
-                    return Err(Error::InvalidArgument(
-                        "STREAM tables are append-only".into(),
-                    ));
-                }
-                if n == 0 {
-                    return Ok(0);
-                }
-                self.commit(rt, WalKind::Delete, part, batch).await?
+                let kind = if dml.op == WriteOp::Update {
+                    self.check_pk_unchanged(dml)?;
+                    WalKind::Update
+                } else {
+                    WalKind::Delete
+                };
+                self.commit(rt, kind, part, batch).await?
             }
             _ => return Err(Error::Unsupported(format!("{} is not supported", dml.op))),
         };

@@ -256,6 +256,21 @@ impl KalamFlightService {
             .map_err(|e| Status::internal(e.to_string()))
     }
 
+    /// FlightInfo for a metadata command: its result schema, and the command itself as ticket.
+    async fn metadata_info(
+        &self,
+        request: Request<FlightDescriptor>,
+        schema: &Schema,
+        ticket: Vec<u8>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request).await?;
+        Ok(Response::new(flight_info(
+            schema,
+            ticket.into(),
+            request.into_inner(),
+        )?))
+    }
+
     async fn statement_stream(
         &self,
         caller: &Caller,
@@ -619,13 +634,9 @@ impl FlightSqlService for KalamFlightService {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request).await?;
+        let ticket = query.as_any().encode_to_vec();
         let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &schema, ticket).await
     }
 
     async fn do_get_catalogs(
@@ -646,13 +657,9 @@ impl FlightSqlService for KalamFlightService {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request).await?;
+        let ticket = query.as_any().encode_to_vec();
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &schema, ticket).await
     }
 
     async fn do_get_schemas(
@@ -677,13 +684,9 @@ impl FlightSqlService for KalamFlightService {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request).await?;
+        let ticket = query.as_any().encode_to_vec();
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &schema, ticket).await
     }
 
     async fn do_get_tables(
@@ -708,13 +711,9 @@ impl FlightSqlService for KalamFlightService {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request).await?;
+        let ticket = query.as_any().encode_to_vec();
         let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &schema, ticket).await
     }
 
     async fn do_get_table_types(
@@ -736,16 +735,9 @@ impl FlightSqlService for KalamFlightService {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request).await?;
-        let info = SQL_INFO
-            .as_ref()
-            .ok_or_else(|| Status::internal("sql info unavailable"))?;
-        let schema = query.clone().into_builder(info).schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?))
+        let ticket = query.as_any().encode_to_vec();
+        let schema = query.clone().into_builder(sql_info()?).schema();
+        self.metadata_info(request, &schema, ticket).await
     }
 
     async fn do_get_sql_info(
@@ -754,11 +746,8 @@ impl FlightSqlService for KalamFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.caller(&request).await?;
-        let info = SQL_INFO
-            .as_ref()
-            .ok_or_else(|| Status::internal("sql info unavailable"))?;
         let batch = query
-            .into_builder(info)
+            .into_builder(sql_info()?)
             .build()
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(one_batch(batch)))
@@ -769,12 +758,9 @@ impl FlightSqlService for KalamFlightService {
         query: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request).await?;
-        Ok(Response::new(flight_info(
-            &primary_keys_schema(),
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?))
+        let ticket = query.as_any().encode_to_vec();
+        let schema = primary_keys_schema();
+        self.metadata_info(request, &schema, ticket).await
     }
 
     async fn do_get_primary_keys(
@@ -829,16 +815,9 @@ impl FlightSqlService for KalamFlightService {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.caller(&request).await?;
-        let info = XDBC_INFO
-            .as_ref()
-            .ok_or_else(|| Status::internal("type info unavailable"))?;
-        let schema = query.into_builder(info).schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            query.as_any().encode_to_vec().into(),
-            request.into_inner(),
-        )?))
+        let ticket = query.as_any().encode_to_vec();
+        let schema = query.into_builder(xdbc_info()?).schema();
+        self.metadata_info(request, &schema, ticket).await
     }
 
     async fn do_get_xdbc_type_info(
@@ -847,11 +826,8 @@ impl FlightSqlService for KalamFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.caller(&request).await?;
-        let info = XDBC_INFO
-            .as_ref()
-            .ok_or_else(|| Status::internal("type info unavailable"))?;
         let batch = query
-            .into_builder(info)
+            .into_builder(xdbc_info()?)
             .build()
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(one_batch(batch)))
@@ -906,6 +882,18 @@ impl FlightSqlService for KalamFlightService {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+fn sql_info() -> Result<&'static arrow_flight::sql::metadata::SqlInfoData, Status> {
+    SQL_INFO
+        .as_ref()
+        .ok_or_else(|| Status::internal("sql info unavailable"))
+}
+
+fn xdbc_info() -> Result<&'static arrow_flight::sql::metadata::XdbcTypeInfoData, Status> {
+    XDBC_INFO
+        .as_ref()
+        .ok_or_else(|| Status::internal("type info unavailable"))
 }
 
 fn primary_keys_schema() -> SchemaRef {

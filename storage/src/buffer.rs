@@ -190,10 +190,20 @@ impl TableBuffer {
         let keys = self.keys(batch)?;
         let part = self.partitions.read().get(partition).cloned();
         let p = part.as_ref().map(|p| p.read());
+        self.find_duplicate(p.as_deref(), &keys, batch)
+    }
+
+    /// Fails on the first key of `batch` that exists in `existing` or repeats within `batch`.
+    fn find_duplicate(
+        &self,
+        existing: Option<&Partition>,
+        keys: &arrow::row::Rows,
+        batch: &RecordBatch,
+    ) -> Result<()> {
         let mut seen = std::collections::HashSet::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
             let k = keys.row(i);
-            let exists = p.as_ref().is_some_and(|p| p.index.contains_key(&k.owned()));
+            let exists = existing.is_some_and(|p| p.index.contains_key(&k.owned()));
             if exists || !seen.insert(k) {
                 return Err(Error::DuplicateKey {
                     table: self.table.clone(),
@@ -210,16 +220,7 @@ impl TableBuffer {
             return Ok(());
         }
         let keys = self.keys(batch)?;
-        let mut seen = std::collections::HashSet::with_capacity(batch.num_rows());
-        for i in 0..batch.num_rows() {
-            if !seen.insert(keys.row(i)) {
-                return Err(Error::DuplicateKey {
-                    table: self.table.clone(),
-                    key: self.render_key(batch, i),
-                });
-            }
-        }
-        Ok(())
+        self.find_duplicate(None, &keys, batch)
     }
 
     /// Inserts new rows (user columns only) into `partition`, numbering them from `first_seq`.
@@ -233,16 +234,7 @@ impl TableBuffer {
         }
         let keys = self.keys(batch)?;
         let mut p = part.write();
-        let mut seen = std::collections::HashSet::with_capacity(batch.num_rows());
-        for i in 0..batch.num_rows() {
-            let k = keys.row(i);
-            if p.index.contains_key(&k.owned()) || !seen.insert(k) {
-                return Err(Error::DuplicateKey {
-                    table: self.table.clone(),
-                    key: self.render_key(batch, i),
-                });
-            }
-        }
+        self.find_duplicate(Some(&p), &keys, batch)?;
         self.append(&mut p, batch, Some(&keys), first_seq)?;
         Ok(batch.num_rows())
     }
@@ -303,15 +295,7 @@ impl TableBuffer {
             self.append(&mut fresh, batch, None, first_seq)?;
         } else {
             let keys = self.keys(batch)?;
-            let mut seen = std::collections::HashSet::with_capacity(batch.num_rows());
-            for i in 0..batch.num_rows() {
-                if !seen.insert(keys.row(i)) {
-                    return Err(Error::DuplicateKey {
-                        table: self.table.clone(),
-                        key: self.render_key(batch, i),
-                    });
-                }
-            }
+            self.find_duplicate(None, &keys, batch)?;
             self.append(&mut fresh, batch, Some(&keys), first_seq)?;
         }
         let part = self.partition(partition);
