@@ -16,6 +16,18 @@ use tonic::Status;
 /// Path of the one RPC that needs no credentials.
 const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Handshake";
 
+/// The id of one RPC, attached to the request's extensions; it names the call's span and
+/// appears in its logs and in internal-error messages.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+/// A fresh random request id.
+pub fn new_request_id() -> Arc<str> {
+    let mut raw = [0u8; 8];
+    rand::fill(&mut raw);
+    Arc::from(raw.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
 /// The user a verified bearer token belongs to, attached to the request's extensions.
 #[derive(Debug, Clone)]
 pub struct TokenUser(pub Arc<UserDef>);
@@ -67,6 +79,17 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let request_id = new_request_id();
+        req.extensions_mut()
+            .insert(RequestId(Arc::clone(&request_id)));
+        let method = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let span = tracing::info_span!("rpc", %method, %request_id, user = tracing::field::Empty);
         if req.uri().path() != HANDSHAKE_PATH {
             let header = req
                 .headers()
@@ -76,6 +99,7 @@ where
                 Some((scheme, token)) if scheme.eq_ignore_ascii_case("Bearer") => {
                     match self.auth.verify_token(token.trim()) {
                         Ok(user) => {
+                            span.record("user", user.name.as_str());
                             req.extensions_mut().insert(TokenUser(user));
                             Ok(())
                         }
@@ -89,17 +113,14 @@ where
                 None => Err(Status::unauthenticated("missing authorization header")),
             };
             if let Err(status) = verdict {
-                tracing::debug!(
-                    path = req.uri().path(),
-                    message = status.message(),
-                    "rejected unauthenticated call"
-                );
+                let _enter = span.enter();
+                tracing::debug!(message = status.message(), "rejected unauthenticated call");
                 return Box::pin(async move { Ok(status.into_http()) });
             }
         }
         // The standard tower dance: call the clone that was made ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(inner.call(req))
+        Box::pin(tracing::Instrument::instrument(inner.call(req), span))
     }
 }

@@ -40,7 +40,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::auth_layer::TokenUser;
+use crate::auth_layer::{RequestId, TokenUser, new_request_id};
 use crate::metadata::{SQL_INFO, XDBC_INFO};
 use crate::prepared::PreparedStatements;
 use crate::running::RunningQueries;
@@ -73,10 +73,12 @@ impl Caller {
     }
 }
 
-fn new_request_id() -> Arc<str> {
-    let mut raw = [0u8; 8];
-    rand::fill(&mut raw);
-    Arc::from(raw.iter().map(|b| format!("{b:02x}")).collect::<String>())
+/// The request id the auth layer gave this call (it also names the call's tracing span).
+fn request_id_of<T>(req: &Request<T>) -> Arc<str> {
+    match req.extensions().get::<RequestId>() {
+        Some(RequestId(id)) => Arc::clone(id),
+        None => new_request_id(),
+    }
 }
 
 /// Statement tickets carry the owner's user id and the SQL; nothing is held server-side, so a
@@ -202,7 +204,7 @@ impl KalamFlightService {
 
     /// Checks the `authorization` header (Bearer token, or Basic for BI tools).
     async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        let request_id = new_request_id();
+        let request_id = request_id_of(req);
         let header = req
             .metadata()
             .get("authorization")
@@ -368,7 +370,7 @@ impl FlightSqlService for KalamFlightService {
             })?;
         let b64 = strip_scheme(header, "Basic")
             .ok_or_else(|| Status::unauthenticated("handshake needs Basic credentials"))?;
-        let request_id = new_request_id();
+        let request_id = request_id_of(&request);
         let (user, pw) = decode_basic(b64).map_err(|e| to_status(e, &request_id))?;
         let peer = request.remote_addr().map(|a| a.ip());
         let auth = Arc::clone(&self.auth);
