@@ -106,6 +106,12 @@ impl Authenticator {
     pub fn new(catalog: Arc<Catalog>, config: AuthConfig) -> Self {
         let mut key = [0u8; 32];
         rand::fill(&mut key);
+        Self::with_key(catalog, config, key)
+    }
+
+    /// An authenticator whose tokens are signed with `key` (persisted, so tokens outlive a
+    /// restart; see [`load_or_create_key`]).
+    pub fn with_key(catalog: Arc<Catalog>, config: AuthConfig, key: [u8; 32]) -> Self {
         Self {
             catalog,
             config,
@@ -264,6 +270,34 @@ impl Authenticator {
             role: user.role,
             request_id,
         })
+    }
+}
+
+/// Reads the 32-byte token key at `path`, creating it (mode 0600, fsynced) on first start.
+pub fn load_or_create_key(path: &std::path::Path) -> Result<[u8; 32]> {
+    let io = |e: std::io::Error| Error::Internal(format!("token key {}: {e}", path.display()));
+    match std::fs::read(path) {
+        Ok(bytes) => bytes.try_into().map_err(|_| {
+            Error::Internal(format!(
+                "token key {} is not 32 bytes; delete it to rotate keys",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            let mut key = [0u8; 32];
+            rand::fill(&mut key);
+            let tmp = path.with_extension("tmp");
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp).map_err(io)?;
+            f.write_all(&key).and_then(|()| f.sync_all()).map_err(io)?;
+            std::fs::rename(&tmp, path).map_err(io)?;
+            Ok(key)
+        }
+        Err(e) => Err(io(e)),
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use arrow_flight::flight_service_server::FlightServiceServer;
-use kalam_core::auth::{AuthConfig, Authenticator, hash_password};
+use kalam_core::auth::{AuthConfig, Authenticator, hash_password, load_or_create_key};
 use kalam_core::catalog::{Catalog, CatalogEntry, CatalogLimits, UserDef, now_ms};
 use kalam_core::context::Role;
 use kalam_core::engine::{Engine, EngineConfig};
@@ -68,7 +68,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         token_ttl: std::time::Duration::from_secs(config.token_ttl_secs),
         ..AuthConfig::default()
     };
-    let auth = Arc::new(Authenticator::new(catalog, auth_config));
+    // Tokens stay valid across restarts: the signing key lives in the data directory.
+    let key = load_or_create_key(&data_dir.join("token.key"))?;
+    let auth = Arc::new(Authenticator::with_key(catalog, auth_config, key));
     let service = KalamFlightService::new(engine, Arc::clone(&auth));
 
     let listener = TcpListener::bind(config.listen)

@@ -24,11 +24,26 @@ async fn rows_survive_a_restart() {
             .await
             .unwrap(),
     )[0];
+    let token_a = f.a.token().unwrap().to_string();
     drop((f.a, f.b, f.svc, f.root));
     let (code, dir) = f.server.stop().unwrap();
     assert_eq!(code, 0);
 
     let server = TestServer::start_in(dir, &[]).unwrap();
+    // A token issued before the restart still works (the signing key is in the data dir).
+    let old = kalam_client::KalamClient::connect(&server.url())
+        .await
+        .unwrap()
+        .with_bearer_token(token_a)
+        .unwrap();
+    assert_eq!(
+        i64s(
+            &old.query_collect("SELECT count(*) FROM app.m")
+                .await
+                .unwrap()
+        ),
+        vec![2]
+    );
     let a = server.client("u_a", PW).await.unwrap();
     let b = server.client("u_b", PW).await.unwrap();
     assert_eq!(
