@@ -88,7 +88,7 @@ impl ColumnDef {
 /// A table definition as persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableDef {
-    /// Unique id, never reused (names may be).
+    /// Unique id, never reused (names may be); assigned by [`Catalog::commit`].
     pub id: u64,
     /// Namespace (schema) name.
     pub namespace: String,
@@ -314,11 +314,16 @@ impl Catalog {
     }
 
     /// Validates `entry` against the current state, commits it to the log and applies it.
-    pub async fn commit(&self, entry: CatalogEntry) -> Result<()> {
+    /// A created table gets its id here, under the commit lock, so ids are unique (the WAL
+    /// names tables by id).
+    pub async fn commit(&self, mut entry: CatalogEntry) -> Result<()> {
         let _guard = self.commit_lock.lock().await;
         for _attempt in 0..16 {
             let version = {
                 let st = self.state.read();
+                if let CatalogEntry::CreateTable(def) = &mut entry {
+                    def.id = st.next_table_id;
+                }
                 self.validate(&st, &entry)?;
                 st.version + 1
             };
@@ -490,11 +495,6 @@ impl Catalog {
         Ok(())
     }
 
-    /// A fresh table id.
-    pub fn next_table_id(&self) -> u64 {
-        self.state.read().next_table_id
-    }
-
     /// Does the namespace exist?
     pub fn namespace_exists(&self, name: &str) -> bool {
         name == SYSTEM_NAMESPACE || self.state.read().namespaces.contains(name)
@@ -577,6 +577,33 @@ mod tests {
             ttl_seconds: None,
             created_at_ms: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn concurrent_creates_get_distinct_table_ids() {
+        let c = Arc::new(
+            Catalog::open(
+                Arc::new(InMemory::new()),
+                CatalogLimits::default(),
+                Arc::default(),
+            )
+            .await
+            .unwrap(),
+        );
+        c.commit(CatalogEntry::CreateNamespace { name: "app".into() })
+            .await
+            .unwrap();
+        let (x, y) = tokio::join!(
+            c.commit(CatalogEntry::CreateTable(table("app", "x"))),
+            c.commit(CatalogEntry::CreateTable(table("app", "y")))
+        );
+        x.unwrap();
+        y.unwrap();
+        let (ix, iy) = (
+            c.table("app", "x").unwrap().def.id,
+            c.table("app", "y").unwrap().def.id,
+        );
+        assert_ne!(ix, iy);
     }
 
     #[tokio::test]

@@ -642,7 +642,7 @@ impl Engine {
                     return Ok(0);
                 }
                 let def = TableDef {
-                    id: self.catalog.next_table_id(),
+                    id: 0, // assigned by Catalog::commit
                     namespace: ct.namespace,
                     name: ct.name,
                     kind: ct.kind,
@@ -915,7 +915,7 @@ impl Engine {
             )));
         }
         Ok(TableDef {
-            id: self.catalog.next_table_id(),
+            id: 0, // assigned by Catalog::commit
             namespace: namespace.to_string(),
             name: table.to_string(),
             kind,
