@@ -257,11 +257,6 @@ impl Authenticator {
         self.catalog.user_by_id(id).ok_or_else(bad)
     }
 
-    /// Drops cached Basic credentials (after a password change or user drop).
-    pub fn invalidate_cache(&self) {
-        self.basic_cache.clear();
-    }
-
     /// The identity for a request by `user`.
     pub fn context_for(user: &UserDef, request_id: Arc<str>) -> Arc<ExecutionContext> {
         Arc::new(ExecutionContext {

@@ -197,14 +197,9 @@ impl TableRuntime {
         buffer: Option<Arc<TableBuffer>>,
         acct: &Arc<BufferAccounting>,
     ) -> Result<Self> {
-        let fields = def
-            .columns
-            .iter()
-            .map(ColumnDef::field)
-            .collect::<Result<Vec<_>>>()?;
-        let schema = Arc::new(Schema::new(fields.clone()));
-        let mut with_seq = fields;
-        with_seq.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
+        let schema = Self::schema_of(&def)?;
+        let mut with_seq: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+        with_seq.push(Arc::new(Field::new(SEQ_COLUMN, DataType::UInt64, false)));
         let schema_with_seq = Arc::new(Schema::new(with_seq));
         let pk_indices = def
             .primary_key

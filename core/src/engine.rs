@@ -258,10 +258,12 @@ impl Engine {
     }
 
     /// Resolves `EXECUTE AS USER` to the identity it runs under.
+    /// Resolves `EXECUTE AS USER 'user' <inner>` to the identity `inner` runs under.
     fn impersonate(
         &self,
         exec: &Arc<ExecutionContext>,
         user: &str,
+        inner: &str,
     ) -> Result<Arc<ExecutionContext>> {
         if !exec.has_role(Role::Service) {
             return Err(Error::PermissionDenied(
@@ -272,13 +274,19 @@ impl Engine {
             .catalog
             .user(user)
             .ok_or_else(|| Error::NotFound(format!("user '{user}' does not exist")))?;
-        Ok(Arc::new(ExecutionContext {
+        let target = Arc::new(ExecutionContext {
             user_id: Arc::from(target.id.as_str()),
             user_name: Arc::from(target.name.as_str()),
             // Never more power than the caller has.
             role: target.role.min(exec.role),
             request_id: Arc::clone(&exec.request_id),
-        }))
+        });
+        if matches!(sql::parse(inner)?, Statement::ExecuteAs { .. }) {
+            return Err(Error::InvalidArgument(
+                "EXECUTE AS USER cannot be nested".into(),
+            ));
+        }
+        Ok(target)
     }
 
     async fn plan_sql(&self, sql: &str, state: &SessionState) -> Result<LogicalPlan> {
@@ -316,12 +324,7 @@ impl Engine {
         };
         match sql::parse(sql)? {
             Statement::ExecuteAs { user, sql } => {
-                let target = self.impersonate(exec, &user)?;
-                if matches!(sql::parse(&sql)?, Statement::ExecuteAs { .. }) {
-                    return Err(Error::InvalidArgument(
-                        "EXECUTE AS USER cannot be nested".into(),
-                    ));
-                }
+                let target = self.impersonate(exec, &user, &sql)?;
                 Box::pin(self.describe(&sql, &target)).await
             }
             Statement::Sql => {
@@ -370,12 +373,7 @@ impl Engine {
     ) -> Result<Output> {
         match sql::parse(sql)? {
             Statement::ExecuteAs { user, sql } => {
-                let target = self.impersonate(exec, &user)?;
-                if matches!(sql::parse(&sql)?, Statement::ExecuteAs { .. }) {
-                    return Err(Error::InvalidArgument(
-                        "EXECUTE AS USER cannot be nested".into(),
-                    ));
-                }
+                let target = self.impersonate(exec, &user, &sql)?;
                 Box::pin(self.execute(&sql, &target, params)).await
             }
             Statement::Sql => self.execute_sql(sql, exec, params).await,
@@ -465,31 +463,8 @@ impl Engine {
             .try_collect()
             .await
             .map_err(Error::from_datafusion)?;
-        // Align to the table's column order by name (DML inputs carry every column).
-        let mut aligned = Vec::with_capacity(batches.len());
-        for b in &batches {
-            let cols = rt
-                .schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    let c = b.column_by_name(f.name()).ok_or_else(|| {
-                        Error::Internal(format!("DML input lacks column {}", f.name()))
-                    })?;
-                    if c.data_type() == f.data_type() {
-                        Ok(Arc::clone(c))
-                    } else {
-                        cast(c, f.data_type()).map_err(|e| Error::InvalidArgument(e.to_string()))
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            aligned.push(
-                RecordBatch::try_new(Arc::clone(&rt.schema), cols)
-                    .map_err(|e| Error::InvalidArgument(e.to_string()))?,
-            );
-        }
-        let batch =
-            concat_batches(&rt.schema, &aligned).map_err(|e| Error::Internal(e.to_string()))?;
+        // DML inputs carry every column; align them to the table's order and types.
+        let batch = align_to(&rt.schema, &batches)?;
         let n = batch.num_rows() as u64;
         let part = view.partition();
         let written = match dml.op {
@@ -824,17 +799,18 @@ impl Engine {
         // Shape and validate the rows before touching the catalog or the table.
         let target = crate::catalog::TableRuntime::schema_of(&def)?;
         let batch = align_to(&target, &batches)?;
-        let probe = kalam_storage::buffer::TableBuffer::new(
-            "ingest",
-            &target,
-            def.primary_key
+        if existing.is_none() || recreate {
+            // The table does not exist yet to validate against: check the keys with a scratch
+            // buffer of the new shape, so a bad upload changes no catalog entry. (Uploads into
+            // an existing table are validated by `commit`.)
+            let pk = def
+                .primary_key
                 .iter()
                 .filter_map(|k| target.index_of(k).ok())
-                .collect(),
-            Arc::new(kalam_storage::buffer::BufferAccounting::default()),
-        )?;
-        probe.insert("", &batch, 1)?;
-        drop(probe);
+                .collect();
+            kalam_storage::buffer::TableBuffer::new("ingest", &target, pk, Arc::default())?
+                .check_unique(&batch)?;
+        }
 
         if recreate {
             self.catalog
@@ -1020,14 +996,6 @@ pub fn recover(catalog: &Catalog, entries: &[WalEntry]) -> Result<u64> {
     }
     tracing::info!(applied, skipped, max_seq, "WAL replayed");
     Ok(max_seq)
-}
-
-/// The stream of an [`Output`], or an empty stream for a count.
-pub fn output_schema(out: &Output) -> SchemaRef {
-    match out {
-        Output::Stream(s) => s.schema(),
-        Output::Affected(_) => Arc::new(Schema::empty()),
-    }
 }
 
 #[cfg(test)]

@@ -74,33 +74,38 @@ impl PreparedStatements {
         Ok(handle)
     }
 
+    /// Runs `f` on the statement behind `handle` if `user` owns it, marking it used. Another
+    /// user's handle gets the same answer as a missing one.
+    fn with_owned<T>(
+        &self,
+        handle: &[u8],
+        user: &str,
+        f: impl FnOnce(&mut Prepared) -> T,
+    ) -> Result<T> {
+        match self.map.get_mut(handle) {
+            Some(mut entry) if &*entry.owner == user => {
+                entry.last_used = Instant::now();
+                Ok(f(&mut entry))
+            }
+            _ => Err(Error::NotFound(
+                "prepared statement not found (closed or expired)".into(),
+            )),
+        }
+    }
+
     /// The statement behind `handle`, if `user` owns it.
     pub fn get(&self, handle: &[u8], user: &str) -> Result<Prepared> {
-        let mut entry = self.map.get_mut(handle).ok_or_else(|| {
-            Error::NotFound("prepared statement not found (closed or expired)".into())
-        })?;
-        if &*entry.owner != user {
-            // Same answer as a missing handle: say nothing about other users' handles.
-            return Err(Error::NotFound(
-                "prepared statement not found (closed or expired)".into(),
-            ));
-        }
-        entry.last_used = Instant::now();
-        Ok(entry.clone())
+        self.with_owned(handle, user, |p| p.clone())
     }
 
     /// Binds parameters to `handle`.
     pub fn bind(&self, handle: &[u8], user: &str, params: RecordBatch) -> Result<()> {
-        self.get(handle, user)?;
-        if let Some(mut e) = self.map.get_mut(handle) {
-            e.params = Some(params);
-        }
-        Ok(())
+        self.with_owned(handle, user, |p| p.params = Some(params))
     }
 
     /// Closes `handle` if `user` owns it.
     pub fn close(&self, handle: &[u8], user: &str) -> Result<()> {
-        self.get(handle, user)?;
+        self.with_owned(handle, user, |_| ())?;
         if let Some((_, p)) = self.map.remove(handle) {
             self.release(&p.owner);
         }
@@ -133,15 +138,5 @@ impl PreparedStatements {
         for owner in expired {
             self.release(&owner);
         }
-    }
-
-    /// Open handles.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// No open handles.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }

@@ -306,18 +306,6 @@ impl TableBuffer {
         Ok(batch.num_rows())
     }
 
-    /// Removes every row of every partition. Returns the rows removed.
-    pub fn truncate(&self) -> usize {
-        let parts: Vec<_> = self.partitions.write().drain().map(|(_, p)| p).collect();
-        let mut n = 0;
-        for part in parts {
-            let p = part.read();
-            n += p.index.len();
-            self.accounting.sub(p.chunks.iter().map(|c| c.bytes).sum());
-        }
-        n
-    }
-
     /// Number of live rows in `partition`.
     pub fn row_count(&self, partition: &str) -> usize {
         self.partitions.read().get(partition).map_or(0, |p| {
@@ -347,11 +335,6 @@ impl TableBuffer {
                 self.accounting.sub(freed);
             }
         }
-    }
-
-    /// Partition keys that currently hold rows.
-    pub fn partition_keys(&self) -> Vec<Arc<str>> {
-        self.partitions.read().keys().cloned().collect()
     }
 
     /// The live rows of `partition`, shaped as `schema` (user columns + `_seq`, in the table's

@@ -161,7 +161,6 @@ pub struct Wal {
     tx: mpsc::Sender<Pending>,
     /// Counters.
     pub stats: Arc<WalStats>,
-    dir: PathBuf,
 }
 
 impl std::fmt::Debug for Pending {
@@ -293,14 +292,7 @@ impl Wal {
             .name("kalam-wal".into())
             .spawn(move || writer.run(rx))
             .map_err(io_err(dir))?;
-        Ok((
-            Self {
-                tx,
-                stats,
-                dir: dir.to_path_buf(),
-            },
-            entries,
-        ))
+        Ok((Self { tx, stats }, entries))
     }
 
     /// Appends `entry` and returns once it is fsynced.
@@ -316,11 +308,6 @@ impl Wal {
             Ok(Err(reason)) => Err(Error::WalClosed(reason)),
             Err(_) => Err(Error::WalClosed("the WAL writer has stopped".into())),
         }
-    }
-
-    /// The WAL directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

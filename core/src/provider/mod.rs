@@ -184,11 +184,6 @@ impl TableView {
         Self { runtime, env }
     }
 
-    /// The identity this view serves.
-    pub fn exec(&self) -> &Arc<ExecutionContext> {
-        &self.env.exec
-    }
-
     /// The partition this request may touch: the caller's own for USER/STREAM tables, the single
     /// shared partition otherwise.
     pub fn partition(&self) -> &str {
