@@ -511,13 +511,27 @@ impl Catalog {
 
     /// Every table of `namespace` (or all tables), sorted by name.
     pub fn tables(&self, namespace: Option<&str>) -> Vec<Arc<TableRuntime>> {
-        self.state
-            .read()
-            .tables
-            .iter()
-            .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
-            .map(|(_, t)| Arc::clone(t))
-            .collect()
+        let st = self.state.read();
+        match namespace {
+            // Keys sort by (namespace, name): read just this namespace's range.
+            Some(ns) => st
+                .tables
+                .range((ns.to_string(), String::new())..)
+                .take_while(|((n, _), _)| n == ns)
+                .map(|(_, t)| Arc::clone(t))
+                .collect(),
+            None => st.tables.values().cloned().collect(),
+        }
+    }
+
+    /// Number of tables.
+    pub fn table_count(&self) -> usize {
+        self.state.read().tables.len()
+    }
+
+    /// Number of users.
+    pub fn user_count(&self) -> usize {
+        self.state.read().users.len()
     }
 
     /// Every table keyed by id (for WAL recovery).

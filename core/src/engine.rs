@@ -473,8 +473,8 @@ impl Engine {
                     return Ok(0);
                 }
                 if rt.def.kind == TableKind::Stream {
-                    // Free rows past their TTL before adding more (reads skip them anyway).
-                    rt.buffer.expire(view.ttl_cutoff_ms());
+                    // Free this partition's rows past their TTL (reads skip them anyway).
+                    rt.buffer.expire(part, view.ttl_cutoff_ms());
                 }
                 self.commit(rt, WalKind::Insert, part, batch).await?
             }
@@ -904,7 +904,7 @@ impl Engine {
     }
 
     /// The caller's view of `namespace.table`, with the role rules applied.
-    async fn table_view(
+    pub async fn table_view(
         &self,
         exec: &Arc<ExecutionContext>,
         namespace: &str,

@@ -38,12 +38,24 @@ pub struct PreparedStatements {
     map: DashMap<Bytes, Prepared>,
     /// user id → open handles.
     per_user: DashMap<Arc<str>, usize>,
+    /// When idle handles were last dropped; sweeps are periodic, not per call.
+    last_sweep: parking_lot::Mutex<Option<Instant>>,
 }
+
+/// How often `create` sweeps idle handles (it also sweeps whenever a bound is reached).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 impl PreparedStatements {
     /// Registers a statement for `owner`, returning its handle.
     pub fn create(&self, owner: Arc<str>, sql: &str, described: Described) -> Result<Bytes> {
-        self.sweep();
+        let at_bound = self.map.len() >= MAX_TOTAL
+            || self
+                .per_user
+                .get(&owner)
+                .is_some_and(|n| *n >= MAX_PER_USER);
+        if at_bound || self.sweep_due() {
+            self.sweep();
+        }
         if self.map.len() >= MAX_TOTAL {
             return Err(Error::ResourceExhausted(
                 "too many open prepared statements on the server".into(),
@@ -123,6 +135,15 @@ impl PreparedStatements {
         if empty {
             self.per_user.remove_if(owner, |_, n| *n == 0);
         }
+    }
+
+    fn sweep_due(&self) -> bool {
+        let mut last = self.last_sweep.lock();
+        let due = last.is_none_or(|t| t.elapsed() >= SWEEP_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
     }
 
     /// Drops idle handles.

@@ -33,7 +33,7 @@ use futures::{Stream, StreamExt, TryStreamExt, stream};
 use kalam_core::auth::{Authenticator, decode_basic};
 use kalam_core::context::ExecutionContext;
 use kalam_core::engine::{Described, Engine, IngestMode, Output};
-use kalam_core::provider::CATALOG_NAME;
+use kalam_core::provider::{CATALOG_NAME, TableView};
 use kalam_core::{Error, catalog::SYSTEM_NAMESPACE};
 use prost::Message;
 use tonic::metadata::MetadataValue;
@@ -213,11 +213,9 @@ impl KalamFlightService {
             .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
         let peer = req.remote_addr().map(|a| a.ip());
         let user = if let Some(TokenUser(user)) = req.extensions().get::<TokenUser>() {
-            // Verified by the auth layer moments ago; re-read so the role is current.
-            self.engine
-                .catalog()
-                .user_by_id(&user.id)
-                .ok_or_else(|| Error::Unauthenticated("invalid or expired token".into()))
+            // The auth layer verified the token and read the user (and so the role) from the
+            // catalog for this very request.
+            Ok(Arc::clone(user))
         } else if let Some(token) = strip_scheme(header, "Bearer") {
             self.auth.verify_token(token)
         } else if let Some(b64) = strip_scheme(header, "Basic") {
@@ -771,26 +769,26 @@ impl FlightSqlService for KalamFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let caller = self.caller(&request).await?;
-        let visible = self.visible_tables(&caller).await?;
+        let namespaces = match &query.db_schema {
+            Some(ns) => vec![ns.clone()],
+            None => self.engine.catalog().namespaces(),
+        };
         let mut rows: Vec<(String, String, String, i32)> = Vec::new();
-        for t in self.engine.catalog().tables(None) {
-            let matches = query
-                .db_schema
-                .as_deref()
-                .is_none_or(|s| s == t.def.namespace)
-                && query.table == t.def.name;
-            let allowed = visible
-                .iter()
-                .any(|(ns, n, _, _)| *ns == t.def.namespace && *n == t.def.name);
-            if matches && allowed {
-                for (i, k) in t.def.primary_key.iter().enumerate() {
-                    rows.push((
-                        t.def.namespace.clone(),
-                        t.def.name.clone(),
-                        k.clone(),
-                        i as i32 + 1,
-                    ));
-                }
+        for ns in namespaces {
+            // Resolved through the caller's own catalog view, so the role rules decide what
+            // is visible; an invisible or missing table simply has no rows here.
+            let Ok(provider) = self
+                .engine
+                .table_view(&caller.exec, &ns, &query.table)
+                .await
+            else {
+                continue;
+            };
+            let Some(view) = provider.downcast_ref::<TableView>() else {
+                continue;
+            };
+            for (i, k) in view.runtime.def.primary_key.iter().enumerate() {
+                rows.push((ns.clone(), query.table.clone(), k.clone(), i as i32 + 1));
             }
         }
         let cols: Vec<ArrayRef> = vec![

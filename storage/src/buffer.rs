@@ -107,6 +107,11 @@ impl Chunk {
 /// row outlives its TTL by at most this much.
 const STREAM_MERGE_SPAN_MS: i64 = 1000;
 
+/// A filter mask over a chunk's live flags (no intermediate `Vec` copy).
+fn live_mask(live: &[bool]) -> BooleanArray {
+    BooleanArray::new(arrow::buffer::BooleanBuffer::from(live), None)
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -319,22 +324,25 @@ impl TableBuffer {
     }
 
     /// Drops chunks of an append-only table whose newest row committed before `cutoff_ms`.
-    pub fn expire(&self, cutoff_ms: i64) {
-        for part in self.partitions.read().values() {
-            let mut p = part.write();
-            let before = p.chunks.len();
-            let mut freed = 0;
-            p.chunks.retain(|c| {
-                let keep = c.committed_at_ms >= cutoff_ms;
-                if !keep {
-                    freed += c.bytes;
-                }
-                keep
-            });
-            if p.chunks.len() != before {
-                self.accounting.sub(freed);
-            }
+    /// Only the partition being written is touched, so a write never locks other users' rows.
+    /// Keyed tables are left alone (their index points into chunks).
+    pub fn expire(&self, partition: &str, cutoff_ms: i64) {
+        if !self.pk.is_empty() {
+            return;
         }
+        let Some(part) = self.partitions.read().get(partition).cloned() else {
+            return;
+        };
+        let mut p = part.write();
+        let mut freed = 0;
+        p.chunks.retain(|c| {
+            let keep = c.committed_at_ms >= cutoff_ms;
+            if !keep {
+                freed += c.bytes;
+            }
+            keep
+        });
+        self.accounting.sub(freed);
     }
 
     /// The live rows of `partition`, shaped as `schema` (user columns + `_seq`, in the table's
@@ -360,7 +368,7 @@ impl TableBuffer {
             let live = if chunk.live.iter().all(|l| *l) {
                 chunk.batch.clone()
             } else {
-                filter_record_batch(&chunk.batch, &BooleanArray::from(chunk.live.clone()))
+                filter_record_batch(&chunk.batch, &live_mask(&chunk.live))
                     .map_err(|e| self.arrow_err(e))?
             };
             if live.num_rows() > 0 {
@@ -470,7 +478,7 @@ impl TableBuffer {
             .sum();
         let mut live = Vec::with_capacity(tail.len());
         for c in &tail {
-            let b = filter_record_batch(&c.batch, &BooleanArray::from(c.live.clone()))
+            let b = filter_record_batch(&c.batch, &live_mask(&c.live))
                 .map_err(|e| self.arrow_err(e))?;
             if b.num_rows() > 0 {
                 live.push(b);

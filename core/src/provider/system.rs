@@ -181,8 +181,8 @@ impl SystemTable {
                     ),
                     ("write_buffer_bytes", env.catalog.buffer_bytes() as i64),
                     ("memory_pool_used_bytes", env.memory_pool.reserved() as i64),
-                    ("tables", env.catalog.tables(None).len() as i64),
-                    ("users", env.catalog.users().len() as i64),
+                    ("tables", env.catalog.table_count() as i64),
+                    ("users", env.catalog.user_count() as i64),
                 ];
                 vec![
                     s(pairs.iter().map(|(n, _)| n.to_string())),

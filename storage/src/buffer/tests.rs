@@ -141,6 +141,6 @@ fn replace_is_atomic_and_append_only_tables_keep_duplicates() {
     s.insert("u", &batch(&[1, 1], "a"), 1).unwrap();
     s.insert("u", &batch(&[1], "a"), 3).unwrap();
     assert_eq!(s.row_count("u"), 3);
-    s.expire(i64::MAX);
+    s.expire("u", i64::MAX);
     assert_eq!(s.row_count("u"), 0);
 }
