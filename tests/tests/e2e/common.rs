@@ -96,6 +96,25 @@ pub(crate) fn strings(batches: &[RecordBatch], col: usize) -> Vec<String> {
         .collect()
 }
 
+/// `sql`'s first column as i64s (the query must succeed).
+pub(crate) async fn ints(c: &KalamClient, sql: &str) -> Vec<i64> {
+    i64s(
+        &c.query_collect(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}")),
+    )
+}
+
+/// Column `col` of `sql`'s result as strings (the query must succeed).
+pub(crate) async fn strs(c: &KalamClient, sql: &str, col: usize) -> Vec<String> {
+    strings(
+        &c.query_collect(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        col,
+    )
+}
+
 pub(crate) fn code(e: &kalam_client::Error) -> tonic::Code {
     e.code()
         .unwrap_or_else(|| panic!("not a server status: {e}"))

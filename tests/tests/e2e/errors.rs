@@ -10,7 +10,7 @@ use kalam_client::{IngestMode, KalamClient};
 use kalam_tests::TestServer;
 use tonic::Code;
 
-use crate::common::{code, fixture, i64s, strings};
+use crate::common::{code, fixture, ints, strs};
 
 #[tokio::test]
 async fn bad_sql_and_bad_values() {
@@ -51,11 +51,7 @@ async fn bad_sql_and_bad_values() {
             .unwrap_err();
     assert_eq!(code(&err), Code::AlreadyExists, "{err}");
     assert_eq!(
-        i64s(
-            &f.a.query_collect("SELECT id FROM app.m ORDER BY id")
-                .await
-                .unwrap()
-        ),
+        ints(&f.a, "SELECT id FROM app.m ORDER BY id").await,
         vec![1, 2, 3]
     );
 
@@ -74,12 +70,7 @@ async fn bad_sql_and_bad_values() {
     let err = p.query_collect().await.unwrap_err();
     assert_eq!(code(&err), Code::InvalidArgument, "{err}");
     assert_eq!(
-        strings(
-            &f.a.query_collect("SELECT body FROM app.m WHERE id = 1")
-                .await
-                .unwrap(),
-            0
-        ),
+        strs(&f.a, "SELECT body FROM app.m WHERE id = 1", 0).await,
         vec!["a-1"]
     );
 }
@@ -138,10 +129,7 @@ async fn bad_credentials_tokens_and_tickets() {
         .expect_err("garbage ticket");
     assert!(err.to_string().to_lowercase().contains("invalid"), "{err}");
     // Still serving.
-    assert_eq!(
-        i64s(&root.query_collect("SELECT 41 + 1").await.unwrap()),
-        vec![42]
-    );
+    assert_eq!(ints(&root, "SELECT 41 + 1").await, vec![42]);
 }
 
 #[tokio::test]
@@ -207,12 +195,5 @@ async fn oversize_message_is_refused_and_nothing_is_lost() {
         ),
         Code::NotFound
     );
-    assert_eq!(
-        i64s(
-            &f.a.query_collect("SELECT count(*) FROM app.m")
-                .await
-                .unwrap()
-        ),
-        vec![3]
-    );
+    assert_eq!(ints(&f.a, "SELECT count(*) FROM app.m").await, vec![3]);
 }

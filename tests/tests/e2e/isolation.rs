@@ -5,7 +5,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use futures::future::join_all;
 use std::sync::Arc;
 
-use crate::common::{code, fixture, i64s, strings, text};
+use crate::common::{code, fixture, ints, strings, strs, text};
 
 /// Query shapes that must never show another user's rows.
 const READ_PATHS: &[&str] = &[
@@ -37,29 +37,10 @@ async fn every_read_path_shows_only_own_rows() {
         assert!(!a.contains("b-"), "u_a saw u_b's rows via `{sql}`:\n{a}");
         assert!(!b.contains("a-"), "u_b saw u_a's rows via `{sql}`:\n{b}");
     }
+    assert_eq!(ints(&f.a, "SELECT count(*) FROM app.m").await, vec![3]);
+    assert_eq!(ints(&f.b, "SELECT count(*) FROM app.m").await, vec![2]);
     assert_eq!(
-        i64s(
-            &f.a.query_collect("SELECT count(*) FROM app.m")
-                .await
-                .unwrap()
-        ),
-        vec![3]
-    );
-    assert_eq!(
-        i64s(
-            &f.b.query_collect("SELECT count(*) FROM app.m")
-                .await
-                .unwrap()
-        ),
-        vec![2]
-    );
-    assert_eq!(
-        strings(
-            &f.a.query_collect("SELECT body FROM app.m ORDER BY id")
-                .await
-                .unwrap(),
-            0
-        ),
+        strs(&f.a, "SELECT body FROM app.m ORDER BY id", 0).await,
         vec!["a-1", "a-2", "a-3"]
     );
     // EXPLAIN ANALYZE reports the rows the scan produced: only the caller's.
@@ -70,15 +51,7 @@ async fn every_read_path_shows_only_own_rows() {
     .await;
     assert!(plan.contains("output_rows=2"), "{plan}");
     // Root sees no user's rows without EXECUTE AS USER (its own partition is empty).
-    assert_eq!(
-        i64s(
-            &f.root
-                .query_collect("SELECT count(*) FROM app.m")
-                .await
-                .unwrap()
-        ),
-        vec![0]
-    );
+    assert_eq!(ints(&f.root, "SELECT count(*) FROM app.m").await, vec![0]);
     // information_schema: u_a does not see the PRIVATE shared table's name.
     let tables = text(
         &f.a,
@@ -159,7 +132,7 @@ async fn two_hundred_interleaved_concurrent_queries() {
             _ => "SELECT m.body FROM app.m m JOIN app.rooms r ON m.room = r.id",
         };
         async move {
-            let rows = strings(&client.query_collect(sql).await.unwrap(), 0);
+            let rows = strs(client, sql, 0).await;
             assert_eq!(rows.len(), n, "{sql}");
             assert!(rows.iter().all(|r| r.starts_with(marker)), "{rows:?}");
         }
@@ -183,12 +156,7 @@ async fn updates_and_deletes_touch_only_own_rows() {
         3
     );
     assert_eq!(
-        strings(
-            &f.b.query_collect("SELECT body FROM app.m ORDER BY id")
-                .await
-                .unwrap(),
-            0
-        ),
+        strs(&f.b, "SELECT body FROM app.m ORDER BY id", 0).await,
         vec!["b-1", "b-2"]
     );
     assert_eq!(
@@ -206,8 +174,5 @@ async fn updates_and_deletes_touch_only_own_rows() {
             .unwrap(),
         1
     );
-    assert_eq!(
-        i64s(&f.b.query_collect("SELECT id FROM app.m").await.unwrap()),
-        vec![2]
-    );
+    assert_eq!(ints(&f.b, "SELECT id FROM app.m").await, vec![2]);
 }

@@ -11,7 +11,7 @@ use kalam_client::IngestMode;
 use kalam_tests::{ROOT_PASSWORD, TestServer};
 use tonic::transport::Channel;
 
-use crate::common::{code, fixture, i64s, strings};
+use crate::common::{code, fixture, ints, strings};
 
 async fn raw_client(server: &TestServer) -> FlightSqlServiceClient<Channel> {
     let channel = Channel::from_shared(format!("http://{}", server.addr))
@@ -86,21 +86,13 @@ async fn arrow_flight_sql_client_end_to_end() {
         .unwrap();
     let info = p.execute().await.unwrap();
     assert_eq!(
-        i64s(
-            &f.a.query_collect("SELECT count(*) FROM app.m WHERE id = 7")
-                .await
-                .unwrap()
-        ),
+        ints(&f.a, "SELECT count(*) FROM app.m WHERE id = 7").await,
         vec![0],
         "not at GetFlightInfo"
     );
     fetch(&mut c, info).await;
     assert_eq!(
-        i64s(
-            &f.a.query_collect("SELECT count(*) FROM app.m WHERE id = 7")
-                .await
-                .unwrap()
-        ),
+        ints(&f.a, "SELECT count(*) FROM app.m WHERE id = 7").await,
         vec![1]
     );
     p.close().await.unwrap();
@@ -245,11 +237,7 @@ async fn ingest_all_four_modes() {
         .unwrap_err();
     assert_eq!(code(&err), tonic::Code::AlreadyExists);
     assert_eq!(
-        i64s(
-            &r.query_collect("SELECT id FROM app.ev ORDER BY id")
-                .await
-                .unwrap()
-        ),
+        ints(r, "SELECT id FROM app.ev ORDER BY id").await,
         vec![1, 2, 3]
     );
     assert_eq!(
@@ -285,10 +273,7 @@ async fn ingest_all_four_modes() {
         .unwrap(),
         1
     );
-    assert_eq!(
-        i64s(&r.query_collect("SELECT id FROM app.ev").await.unwrap()),
-        vec![9]
-    );
+    assert_eq!(ints(r, "SELECT id FROM app.ev").await, vec![9]);
     // Views arrive as Utf8View and are stored / returned as Utf8.
     let schema = r.query_schema("SELECT v FROM app.ev").await.unwrap();
     assert_eq!(schema.field(0).data_type(), &DataType::Utf8);
@@ -316,20 +301,14 @@ async fn catalog_survives_restart_and_sigterm_exits_zero() {
         .execute("INSERT INTO keep.t (id, v, extra) VALUES (1, 'x', true)")
         .await
         .unwrap();
-    assert_eq!(
-        i64s(&carol.query_collect("SELECT id FROM keep.t").await.unwrap()),
-        vec![1]
-    );
+    assert_eq!(ints(&carol, "SELECT id FROM keep.t").await, vec![1]);
     let root = server.client("root", ROOT_PASSWORD).await.unwrap();
     assert_eq!(
-        i64s(
-            &root
-                .query_collect(
-                    "SELECT value FROM system.stats WHERE name = 'session_contexts_created'"
-                )
-                .await
-                .unwrap()
-        ),
+        ints(
+            &root,
+            "SELECT value FROM system.stats WHERE name = 'session_contexts_created'"
+        )
+        .await,
         vec![1]
     );
     assert_eq!(server.stop().unwrap().0, 0);

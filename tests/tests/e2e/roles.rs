@@ -1,6 +1,6 @@
 //! Role rules (DESIGN §3).
 
-use crate::common::{PW, code, fixture, i64s, strings};
+use crate::common::{PW, code, fixture, ints, strs};
 use tonic::Code;
 
 #[tokio::test]
@@ -28,12 +28,7 @@ async fn user_role_limits() {
     }
     // PUBLIC shared: readable, not writable.
     assert_eq!(
-        strings(
-            &f.a.query_collect("SELECT title FROM app.rooms ORDER BY id")
-                .await
-                .unwrap(),
-            0
-        ),
+        strs(&f.a, "SELECT title FROM app.rooms ORDER BY id", 0).await,
         vec!["Room one", "Room two"]
     );
     for sql in [
@@ -50,14 +45,7 @@ async fn user_role_limits() {
             .await
             .unwrap_err();
     assert_eq!(code(&err), Code::PermissionDenied);
-    assert_eq!(
-        i64s(
-            &f.b.query_collect("SELECT count(*) FROM app.m")
-                .await
-                .unwrap()
-        ),
-        vec![2]
-    );
+    assert_eq!(ints(&f.b, "SELECT count(*) FROM app.m").await, vec![2]);
 }
 
 #[tokio::test]
@@ -79,21 +67,16 @@ async fn service_and_dba_roles() {
         1
     );
     assert_eq!(
-        i64s(
-            &f.a.query_collect("SELECT id FROM app.m WHERE id = 10")
-                .await
-                .unwrap()
-        ),
+        ints(&f.a, "SELECT id FROM app.m WHERE id = 10").await,
         vec![10]
     );
     assert_eq!(
-        strings(
-            &f.svc
-                .query_collect("EXECUTE AS USER 'u_b' SELECT body FROM app.m ORDER BY id")
-                .await
-                .unwrap(),
+        strs(
+            &f.svc,
+            "EXECUTE AS USER 'u_b' SELECT body FROM app.m ORDER BY id",
             0
-        ),
+        )
+        .await,
         vec!["b-1", "b-2"]
     );
     assert_eq!(
@@ -118,24 +101,11 @@ async fn service_and_dba_roles() {
     let boss = f.server.client("boss", PW).await.unwrap();
     boss.execute("CREATE NAMESPACE ops").await.unwrap();
     assert!(
-        strings(
-            &boss
-                .query_collect("SELECT name FROM system.users")
-                .await
-                .unwrap(),
-            0
-        )
-        .contains(&"u_a".to_string())
+        strs(&boss, "SELECT name FROM system.users", 0)
+            .await
+            .contains(&"u_a".to_string())
     );
-    assert_eq!(
-        i64s(
-            &boss
-                .query_collect("SELECT count(*) FROM app.m")
-                .await
-                .unwrap()
-        ),
-        vec![0]
-    );
+    assert_eq!(ints(&boss, "SELECT count(*) FROM app.m").await, vec![0]);
     // Role changes apply to existing sessions at once (read per request).
     f.root.execute("ALTER USER u_a ROLE dba").await.unwrap();
     f.a.execute("CREATE NAMESPACE by_a").await.unwrap();

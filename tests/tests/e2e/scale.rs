@@ -3,7 +3,7 @@
 use futures::StreamExt;
 use futures::future::join_all;
 
-use crate::common::{fixture, i64s};
+use crate::common::{fixture, ints};
 
 #[tokio::test]
 async fn one_session_context_after_ten_thousand_queries() {
@@ -26,23 +26,21 @@ async fn one_session_context_after_ten_thousand_queries() {
             } else {
                 "SELECT count(*) FROM app.m WHERE id > 0"
             };
-            assert_eq!(i64s(&c.query_collect(sql).await.unwrap()), vec![expect]);
+            assert_eq!(ints(&c, sql).await, vec![expect]);
         }
     });
     join_all(tasks).await;
-    let n = i64s(
-        &f.root
-            .query_collect("SELECT value FROM system.stats WHERE name = 'session_contexts_created'")
-            .await
-            .unwrap(),
-    );
+    let n = ints(
+        &f.root,
+        "SELECT value FROM system.stats WHERE name = 'session_contexts_created'",
+    )
+    .await;
     assert_eq!(n, vec![1]);
-    let started = i64s(
-        &f.root
-            .query_collect("SELECT value FROM system.stats WHERE name = 'queries_started'")
-            .await
-            .unwrap(),
-    );
+    let started = ints(
+        &f.root,
+        "SELECT value FROM system.stats WHERE name = 'queries_started'",
+    )
+    .await;
     assert!(started[0] >= 10_000, "{started:?}");
 }
 
@@ -117,14 +115,7 @@ async fn cancel_flight_info_stops_a_running_query() {
         f.b.cancel(&info).await.unwrap(),
         kalam_client::CancelStatus::NotCancellable
     );
-    assert_eq!(
-        i64s(
-            &f.a.query_collect("SELECT count(*) FROM app.m")
-                .await
-                .unwrap()
-        ),
-        vec![3]
-    );
+    assert_eq!(ints(&f.a, "SELECT count(*) FROM app.m").await, vec![3]);
 }
 
 #[tokio::test]
@@ -133,7 +124,7 @@ async fn sorts_spill_under_a_small_memory_limit() {
     let root = server.root().await.unwrap();
     // ~3M rows × ~30 B to sort: far above 32 MiB, so the sort must spill to data-dir/spill.
     let sql = "SELECT value, concat('v-', CAST(value AS VARCHAR)) AS s FROM range(0, 3000000) ORDER BY s DESC LIMIT 3";
-    let rows = crate::common::strings(&root.query_collect(sql).await.unwrap(), 1);
+    let rows = crate::common::strs(&root, sql, 1).await;
     assert_eq!(rows, vec!["v-999999", "v-999998", "v-999997"]);
     // A full sort streamed to the client: without spilling it would fail with RESOURCE_EXHAUSTED.
     let sql = "SELECT concat('v-', CAST(value AS VARCHAR)) AS s FROM range(0, 3000000) ORDER BY s";

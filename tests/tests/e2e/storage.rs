@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use kalam_tests::TestServer;
 
-use crate::common::{PW, fixture, i64s, strings};
+use crate::common::{PW, fixture, i64s, ints, strs};
 
 #[tokio::test]
 async fn rows_survive_a_restart() {
@@ -19,11 +19,7 @@ async fn rows_survive_a_restart() {
         .execute("INSERT INTO app.rooms VALUES ('r3', 'Room three')")
         .await
         .unwrap();
-    let max_seq = i64s(
-        &f.a.query_collect("SELECT max(_seq) FROM app.m")
-            .await
-            .unwrap(),
-    )[0];
+    let max_seq = ints(&f.a, "SELECT max(_seq) FROM app.m").await[0];
     let token_a = f.a.token().unwrap().to_string();
     drop((f.a, f.b, f.svc, f.root));
     let (code, dir) = f.server.stop().unwrap();
@@ -36,51 +32,23 @@ async fn rows_survive_a_restart() {
         .unwrap()
         .with_bearer_token(token_a)
         .unwrap();
-    assert_eq!(
-        i64s(
-            &old.query_collect("SELECT count(*) FROM app.m")
-                .await
-                .unwrap()
-        ),
-        vec![2]
-    );
+    assert_eq!(ints(&old, "SELECT count(*) FROM app.m").await, vec![2]);
     let a = server.client("u_a", PW).await.unwrap();
     let b = server.client("u_b", PW).await.unwrap();
     assert_eq!(
-        strings(
-            &a.query_collect("SELECT body FROM app.m ORDER BY id")
-                .await
-                .unwrap(),
-            0
-        ),
+        strs(&a, "SELECT body FROM app.m ORDER BY id", 0).await,
         vec!["a-1", "a-2x"]
     );
     assert_eq!(
-        strings(
-            &b.query_collect("SELECT body FROM app.m ORDER BY id")
-                .await
-                .unwrap(),
-            0
-        ),
+        strs(&b, "SELECT body FROM app.m ORDER BY id", 0).await,
         vec!["b-1", "b-2"]
     );
-    assert_eq!(
-        i64s(
-            &a.query_collect("SELECT count(*) FROM app.rooms")
-                .await
-                .unwrap()
-        ),
-        vec![3]
-    );
+    assert_eq!(ints(&a, "SELECT count(*) FROM app.rooms").await, vec![3]);
     // A deleted row stays deleted; its key can be used again; _seq keeps increasing.
     a.execute("INSERT INTO app.m VALUES (3, 'r1', 'a-3 again')")
         .await
         .unwrap();
-    let seq = i64s(
-        &a.query_collect("SELECT _seq FROM app.m WHERE id = 3")
-            .await
-            .unwrap(),
-    )[0];
+    let seq = ints(&a, "SELECT _seq FROM app.m WHERE id = 3").await[0];
     assert!(seq > max_seq, "{seq} <= {max_seq}");
     // Duplicate detection sees recovered rows.
     assert!(
@@ -179,12 +147,7 @@ async fn acknowledged_writes_survive_sigkill() {
             missing.is_empty(),
             "round {round}: acknowledged statements lost: {missing:?}"
         );
-        let total = i64s(
-            &root
-                .query_collect("SELECT count(*) FROM crash.t")
-                .await
-                .unwrap(),
-        )[0];
+        let total = ints(&root, "SELECT count(*) FROM crash.t").await[0];
         assert_eq!(total as usize, present.len() * 3, "duplicates");
     }
     assert!(acked.lock().unwrap().len() > 30);
