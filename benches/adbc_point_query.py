@@ -69,6 +69,15 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def root_flight(uri: str):
+    """A pyarrow.flight client logged in as root, and the call options carrying its token."""
+    import pyarrow.flight as flight
+
+    client = flight.FlightClient(uri)
+    header = client.authenticate_basic_token("root", PW)
+    return client, flight.FlightCallOptions(headers=[header])
+
+
 def connect(uri: str, user: str, pw: str):
     return flightsql.connect(uri, db_kwargs={"username": user, "password": pw}, autocommit=True)
 

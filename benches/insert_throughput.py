@@ -22,7 +22,7 @@ import pyarrow.flight as flight
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "python"))
-from adbc_point_query import PW, start_server  # noqa: E402
+from adbc_point_query import root_flight, start_server  # noqa: E402
 from kalam_testing import command_statement_update, decode_do_put_update_result  # noqa: E402
 
 
@@ -35,14 +35,13 @@ def update(client: flight.FlightClient, opts, sql: str) -> int:
     return decode_do_put_update_result(buf.to_pybytes())
 
 
-def run(uri: str, header, clients: int, seconds: float, start_id: int) -> tuple[int, list[float]]:
+def run(uri: str, opts, clients: int, seconds: float, start_id: int) -> tuple[int, list[float]]:
     counts = [0] * clients
     lat: list[list[float]] = [[] for _ in range(clients)]
     stop = time.perf_counter() + seconds
 
     def worker(i: int):
         client = flight.FlightClient(uri)
-        opts = flight.FlightCallOptions(headers=[header])
         n = 0
         while time.perf_counter() < stop:
             key = start_id + i * 10_000_000 + n
@@ -71,14 +70,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, uri = start_server(tmp)
         try:
-            client = flight.FlightClient(uri)
-            header = client.authenticate_basic_token("root", PW)
-            opts = flight.FlightCallOptions(headers=[header])
+            client, opts = root_flight(uri)
             update(client, opts, "CREATE NAMESPACE bench")
             update(client, opts, "CREATE SHARED TABLE bench.t (id BIGINT PRIMARY KEY, v TEXT)")
             print(f"durable single-row INSERTs via Flight SQL DoPut, {args.seconds:.0f} s per level")
             for level, clients in enumerate([1, 4, 16, 64]):
-                n, (rate, p50, p99) = run(uri, header, clients, args.seconds, level * 1_000_000_000)
+                n, (rate, p50, p99) = run(uri, opts, clients, args.seconds, level * 1_000_000_000)
                 print(f"  {clients:>2} clients: {n:>7} inserts, {rate:8.0f} inserts/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms")
         finally:
             proc.terminate()

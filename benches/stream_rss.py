@@ -22,7 +22,7 @@ import pyarrow.flight as flight
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "python"))
-from adbc_point_query import PW, rss_mib, start_server  # noqa: E402
+from adbc_point_query import root_flight, rss_mib, start_server  # noqa: E402
 from kalam_testing import command_statement_query  # noqa: E402
 
 
@@ -33,9 +33,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, uri = start_server(tmp)
         try:
-            client = flight.FlightClient(uri)
-            header = client.authenticate_basic_token("root", PW)
-            opts = flight.FlightCallOptions(headers=[header])
+            client, opts = root_flight(uri)
             sql = f"SELECT value, concat('row-', CAST(value AS VARCHAR)) AS label FROM range(0, {args.rows})"
             baseline = rss_mib(proc.pid)
             peak = [baseline]

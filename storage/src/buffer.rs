@@ -250,23 +250,28 @@ impl TableBuffer {
         let keys = self.keys(batch)?;
         let part = self.partition(partition);
         let mut p = part.write();
+        // One lookup per row: retire the current version, remember which rows still exist.
         let mut keep = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
-            let k = keys.row(i).owned();
-            keep.push(p.index.contains_key(&k));
-        }
-        let batch =
-            filter_record_batch(batch, &BooleanArray::from(keep)).map_err(|e| self.arrow_err(e))?;
-        let keys = self.keys(&batch)?;
-        for i in 0..batch.num_rows() {
-            if let Some((c, r)) = p.index.get(&keys.row(i).owned()).copied() {
+            let current = p.index.get(&keys.row(i).owned()).copied();
+            if let Some((c, r)) = current {
                 p.chunks[c as usize].live[r as usize] = false;
                 p.dead += 1;
             }
+            keep.push(current.is_some());
         }
-        self.append(&mut p, &batch, Some(&keys), first_seq)?;
+        let written = if keep.iter().all(|k| *k) {
+            self.append(&mut p, batch, Some(&keys), first_seq)?;
+            batch.num_rows()
+        } else {
+            let kept = filter_record_batch(batch, &BooleanArray::from(keep))
+                .map_err(|e| self.arrow_err(e))?;
+            let kept_keys = self.keys(&kept)?;
+            self.append(&mut p, &kept, Some(&kept_keys), first_seq)?;
+            kept.num_rows()
+        };
         self.maybe_reclaim(&mut p)?;
-        Ok(batch.num_rows())
+        Ok(written)
     }
 
     /// Deletes the rows whose primary keys are in `keys_batch` (user-column layout, only the

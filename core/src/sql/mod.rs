@@ -251,7 +251,9 @@ fn parse_role(c: &mut Cursor<'_>) -> Result<Role> {
 
 /// Does the statement mention the hidden `_seq` column (so it must be exposed)?
 pub fn mentions_seq(sql: &str) -> bool {
-    sql.to_ascii_lowercase().contains("_seq")
+    sql.as_bytes()
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"_seq"))
 }
 
 #[cfg(test)]
