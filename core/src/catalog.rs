@@ -13,8 +13,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use kalam_storage::buffer::{BufferAccounting, SEQ_COLUMN, TableBuffer};
+use kalam_storage::buffer::{BufferAccounting, DELETED_COLUMN, SEQ_COLUMN};
+
+use crate::provider::merge::{TIME_COLUMN, USER_COLUMN};
+use crate::table::TableStore;
 use kalam_storage::log::{Append, CreateOnlyLog};
 use object_store::ObjectStore;
 use parking_lot::RwLock;
@@ -177,8 +181,13 @@ pub struct TableRuntime {
     pub schema_with_seq: SchemaRef,
     /// Positions of the primary-key columns in `schema`.
     pub pk_indices: Vec<usize>,
-    /// Buffered rows; shared by the runtimes of successive versions of the table.
-    pub buffer: Arc<TableBuffer>,
+    /// User columns + `_seq` + `_deleted`: buffered rows and the merge-on-read schema.
+    pub mem_schema: SchemaRef,
+    /// `mem_schema` + `_ts` + `_user`: the Parquet files' schema.
+    pub file_schema: SchemaRef,
+    /// Buffer generations and files; shared by the runtimes of successive versions of the
+    /// table (ALTER TABLE).
+    pub store: Arc<TableStore>,
 }
 
 impl TableRuntime {
@@ -194,13 +203,22 @@ impl TableRuntime {
 
     fn build(
         def: TableDef,
-        buffer: Option<Arc<TableBuffer>>,
+        store: Option<Arc<TableStore>>,
         acct: &Arc<BufferAccounting>,
     ) -> Result<Self> {
         let schema = Self::schema_of(&def)?;
-        let mut with_seq: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
-        with_seq.push(Arc::new(Field::new(SEQ_COLUMN, DataType::UInt64, false)));
-        let schema_with_seq = Arc::new(Schema::new(with_seq));
+        let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new(SEQ_COLUMN, DataType::UInt64, false)));
+        let schema_with_seq = Arc::new(Schema::new(fields.clone()));
+        fields.push(Arc::new(Field::new(
+            DELETED_COLUMN,
+            DataType::Boolean,
+            false,
+        )));
+        let mem_schema = Arc::new(Schema::new(fields.clone()));
+        fields.push(Arc::new(Field::new(TIME_COLUMN, DataType::Int64, false)));
+        fields.push(Arc::new(Field::new(USER_COLUMN, DataType::Utf8, false)));
+        let file_schema = Arc::new(Schema::new(fields));
         let pk_indices = def
             .primary_key
             .iter()
@@ -213,10 +231,12 @@ impl TableRuntime {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let buffer = match buffer {
-            Some(b) => b,
-            None => Arc::new(TableBuffer::new(
+        let store = match store {
+            Some(s) => s,
+            None => Arc::new(TableStore::new(
+                def.id,
                 format!("{}.{}", def.namespace, def.name),
+                def.kind,
                 &schema,
                 pk_indices.clone(),
                 Arc::clone(acct),
@@ -227,8 +247,26 @@ impl TableRuntime {
             schema,
             schema_with_seq,
             pk_indices,
-            buffer,
+            mem_schema,
+            file_schema,
+            store,
         })
+    }
+
+    /// `batch` (shaped as `mem_schema`) of `partition`, committed at `at_ms`, shaped as
+    /// `file_schema`.
+    pub fn to_file_batch(
+        &self,
+        batch: &RecordBatch,
+        partition: &str,
+        at_ms: i64,
+    ) -> Result<RecordBatch> {
+        let n = batch.num_rows();
+        let mut cols = batch.columns().to_vec();
+        cols.push(Arc::new(Int64Array::from(vec![at_ms; n])));
+        cols.push(Arc::new(StringArray::from(vec![partition; n])));
+        RecordBatch::try_new(Arc::clone(&self.file_schema), cols)
+            .map_err(|e| Error::Internal(format!("flush batch: {e}")))
     }
 
     /// `namespace.name`.
@@ -436,7 +474,12 @@ impl Catalog {
             }
             CatalogEntry::DropNamespace { name } => {
                 st.namespaces.remove(name);
-                st.tables.retain(|(ns, _), _| ns != name);
+                st.tables.retain(|(ns, _), rt| {
+                    if ns == name {
+                        rt.store.drop_files();
+                    }
+                    ns != name
+                });
             }
             CatalogEntry::CreateTable(def) => {
                 st.next_table_id = st.next_table_id.max(def.id + 1);
@@ -445,7 +488,10 @@ impl Catalog {
                     .insert((def.namespace.clone(), def.name.clone()), Arc::new(rt));
             }
             CatalogEntry::DropTable { namespace, name } => {
-                st.tables.remove(&(namespace.clone(), name.clone()));
+                if let Some(rt) = st.tables.remove(&(namespace.clone(), name.clone())) {
+                    // Its files go once the last reader lets go of them.
+                    rt.store.drop_files();
+                }
             }
             CatalogEntry::AddColumn {
                 namespace,
@@ -457,7 +503,7 @@ impl Catalog {
                     let mut def = old.def.clone();
                     def.columns.push(column.clone());
                     let rt =
-                        TableRuntime::build(def, Some(Arc::clone(&old.buffer)), &self.accounting)?;
+                        TableRuntime::build(def, Some(Arc::clone(&old.store)), &self.accounting)?;
                     st.tables.insert(key, Arc::new(rt));
                 }
             }

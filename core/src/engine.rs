@@ -8,9 +8,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::SendableRecordBatchStream;
@@ -25,13 +26,14 @@ use datafusion::sql::sqlparser::ast;
 use futures::{StreamExt, TryStreamExt};
 use kalam_storage::seq::SeqAllocator;
 use kalam_storage::wal::{Wal, WalEntry, WalKind};
+use object_store::ObjectStore;
 
 use crate::auth::hash_password;
 use crate::catalog::{
     AccessLevel, Catalog, CatalogEntry, ColumnDef, TableDef, TableKind, UserDef, now_ms,
 };
 use crate::context::{ExecutionContext, Role};
-use crate::provider::{CATALOG_NAME, RequestCatalogList, RequestEnv, TableView};
+use crate::provider::{CATALOG_NAME, RequestCatalogList, RequestEnv, TableView, merge};
 use crate::sql::{self, Statement};
 use crate::stats::Stats;
 use crate::{Error, Result};
@@ -47,6 +49,8 @@ pub struct EngineConfig {
     pub batch_size: usize,
     /// Partitions per query (defaults to cores).
     pub target_partitions: usize,
+    /// Hard limit on buffered (not yet flushed) row bytes; writers wait beyond it.
+    pub write_buffer_limit: usize,
 }
 
 /// What a statement will return, known without running it.
@@ -91,6 +95,14 @@ pub struct Engine {
     /// Every row change is logged and fsynced here before it is applied.
     wal: Arc<Wal>,
     memory_pool: Arc<dyn MemoryPool>,
+    /// Where tables' Parquet files and manifests live.
+    store: Arc<dyn ObjectStore>,
+    /// See [`EngineConfig::write_buffer_limit`].
+    write_buffer_limit: usize,
+    /// Wakes the maintenance task early (a writer is waiting for buffer room).
+    flush_wanted: tokio::sync::Notify,
+    /// Signalled after every flush (writers waiting for buffer room re-check).
+    buffer_drained: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Engine {
@@ -181,6 +193,7 @@ impl Engine {
         catalog: Arc<Catalog>,
         seq: Arc<SeqAllocator>,
         wal: Arc<Wal>,
+        store: Arc<dyn ObjectStore>,
         config: &EngineConfig,
     ) -> Result<Self> {
         std::fs::create_dir_all(&config.spill_dir).map_err(|e| {
@@ -201,6 +214,7 @@ impl Engine {
             )));
         }
         let runtime = rt.build_arc()?;
+        runtime.register_object_store(merge::store_url().as_ref(), Arc::clone(&store));
         let mut cfg = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, "public")
             .with_create_default_catalog_and_schema(false)
@@ -229,6 +243,10 @@ impl Engine {
             stats,
             seq,
             memory_pool,
+            store,
+            write_buffer_limit: config.write_buffer_limit,
+            flush_wanted: tokio::sync::Notify::new(),
+            buffer_drained: tokio::sync::Notify::new(),
         })
     }
 
@@ -474,7 +492,7 @@ impl Engine {
                 }
                 if rt.def.kind == TableKind::Stream {
                     // Free this partition's rows past their TTL (reads skip them anyway).
-                    rt.buffer.expire(part, view.ttl_cutoff_ms());
+                    rt.store.active().buf.expire(part, view.ttl_cutoff_ms());
                 }
                 self.commit(rt, WalKind::Insert, part, batch).await?
             }
@@ -501,8 +519,9 @@ impl Engine {
         Ok(written as u64)
     }
 
-    /// Makes one change durable and visible: under the partition's writer lock, validate,
-    /// append to the WAL (fsynced, group-committed with other writers), then apply to the buffer.
+    /// Makes one change durable and visible: under the partition's writer lock and the active
+    /// generation's gate, validate against every layer, append to the WAL (fsynced,
+    /// group-committed with other writers), then apply to the buffer. Returns the rows written.
     async fn commit(
         &self,
         rt: &crate::catalog::TableRuntime,
@@ -510,13 +529,44 @@ impl Engine {
         partition: &str,
         batch: RecordBatch,
     ) -> Result<usize> {
-        let lock = rt.buffer.writer_lock(partition);
+        self.wait_for_buffer_room().await;
+        let lock = rt.store.writer_lock(partition);
         let _writer = lock.lock().await;
-        match kind {
-            WalKind::Insert => rt.buffer.check_insert(partition, &batch)?,
-            WalKind::Replace => rt.buffer.check_unique(&batch)?,
-            WalKind::Update | WalKind::Delete => {}
+        let (generation, _gate) = rt.store.begin_write().await;
+        let keyed = generation.buf.is_keyed();
+        let batch = match kind {
+            WalKind::Insert if keyed => {
+                generation.buf.check_unique(&batch)?;
+                let live = self.live_keys(rt, partition, &batch).await?;
+                if let Some(i) = live.iter().position(|l| *l) {
+                    return Err(Error::Storage(kalam_storage::Error::DuplicateKey {
+                        table: rt.qualified_name(),
+                        key: generation.buf.render_key(&batch, i),
+                    }));
+                }
+                batch
+            }
+            WalKind::Update | WalKind::Delete if keyed => {
+                // Rows deleted since the statement read them are skipped.
+                let live = self.live_keys(rt, partition, &batch).await?;
+                if live.iter().all(|l| *l) {
+                    batch
+                } else {
+                    arrow::compute::filter_record_batch(&batch, &BooleanArray::from(live))
+                        .map_err(|e| Error::Internal(e.to_string()))?
+                }
+            }
+            WalKind::Replace if keyed => {
+                generation.buf.check_unique(&batch)?;
+                self.replacement(rt, partition, batch).await?
+            }
+            _ => batch,
+        };
+        if batch.num_rows() == 0 && kind != WalKind::Replace {
+            return Ok(0);
         }
+        // Before reserving: WAL truncation must never pass a commit under way.
+        generation.buf.note_min_seq(self.seq.last() + 1);
         let first_seq = self.seq.reserve((batch.num_rows() as u64).max(1));
         let entry = WalEntry {
             kind,
@@ -527,7 +577,170 @@ impl Engine {
             committed_at_ms: now_ms(),
         };
         self.wal.append(&entry).await?;
-        Ok(apply_entry(&rt.buffer, &entry)?)
+        Ok(generation.buf.apply(&entry)?)
+    }
+
+    /// For each row of `batch`, does its key currently exist (newest version not deleted) in
+    /// `partition`? Buffer generations answer first (newest first); keys they do not know are
+    /// looked up in the bucket's files, pruned by `_user` and key statistics / bloom filters.
+    async fn live_keys(
+        &self,
+        rt: &crate::catalog::TableRuntime,
+        partition: &str,
+        batch: &RecordBatch,
+    ) -> Result<Vec<bool>> {
+        use kalam_storage::buffer::KeyState;
+        let snap = rt.store.snapshot(partition);
+        let Some(first) = snap.generations.first() else {
+            return Ok(vec![false; batch.num_rows()]);
+        };
+        let keys = first.buf.keys(batch)?;
+        let mut state = vec![KeyState::Unknown; batch.num_rows()];
+        for g in &snap.generations {
+            for (s, found) in state.iter_mut().zip(g.buf.lookup(partition, &keys)) {
+                if *s == KeyState::Unknown {
+                    *s = found;
+                }
+            }
+        }
+        let unknown: Vec<u32> = (0..state.len() as u32)
+            .filter(|i| state[*i as usize] == KeyState::Unknown)
+            .collect();
+        let has_files = snap.files.as_ref().is_some_and(|f| !f.files.is_empty());
+        if !unknown.is_empty() && has_files {
+            let probe =
+                arrow::compute::take_record_batch(batch, &UInt32Array::from(unknown.clone()))
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+            let in_files = self.keys_in_files(rt, &snap, partition, &probe).await?;
+            for (j, i) in unknown.iter().enumerate() {
+                if in_files[j] {
+                    state[*i as usize] = KeyState::Live;
+                }
+            }
+        }
+        Ok(state.into_iter().map(|s| s == KeyState::Live).collect())
+    }
+
+    /// Which keys of `probe` are live in the files of `snap` (ignoring the buffer).
+    async fn keys_in_files(
+        &self,
+        rt: &crate::catalog::TableRuntime,
+        snap: &crate::table::LayerSnapshot,
+        partition: &str,
+        probe: &RecordBatch,
+    ) -> Result<Vec<bool>> {
+        /// Above this many keys, prune by `_user` only and probe the partition's keys.
+        const MAX_IN_LIST: usize = 256;
+        let mut filters = Vec::new();
+        if probe.num_rows() <= MAX_IN_LIST {
+            let mut any: Option<datafusion::logical_expr::Expr> = None;
+            for row in 0..probe.num_rows() {
+                let mut all: Option<datafusion::logical_expr::Expr> = None;
+                for &k in &rt.pk_indices {
+                    let v = ScalarValue::try_from_array(probe.column(k), row)
+                        .map_err(Error::from_datafusion)?;
+                    let eq = datafusion::logical_expr::col(rt.schema.field(k).name())
+                        .eq(datafusion::logical_expr::lit(v));
+                    all = Some(match all {
+                        Some(a) => a.and(eq),
+                        None => eq,
+                    });
+                }
+                if let Some(all) = all {
+                    any = Some(match any {
+                        Some(a) => a.or(all),
+                        None => all,
+                    });
+                }
+            }
+            filters.extend(any);
+        }
+        let input = crate::provider::layered_input(
+            rt,
+            snap,
+            partition,
+            i64::MIN,
+            false,
+            &filters,
+            rt.pk_indices.clone(),
+        )
+        .map_err(Error::from_datafusion)?;
+        let exec =
+            Arc::new(merge::LayeredScanExec::try_new(input).map_err(Error::from_datafusion)?);
+        let found: Vec<RecordBatch> = execute_stream(exec, self.session.task_ctx())
+            .map_err(Error::from_datafusion)?
+            .try_collect()
+            .await
+            .map_err(Error::from_datafusion)?;
+        let pk_fields: Vec<SortField> = rt
+            .pk_indices
+            .iter()
+            .map(|i| SortField::new(rt.schema.field(*i).data_type().clone()))
+            .collect();
+        let conv = RowConverter::new(pk_fields).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut live = std::collections::HashSet::new();
+        for b in &found {
+            let rows = conv
+                .convert_columns(b.columns())
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            live.extend(rows.iter().map(|r| r.owned()));
+        }
+        let cols: Vec<ArrayRef> = rt
+            .pk_indices
+            .iter()
+            .map(|i| Arc::clone(probe.column(*i)))
+            .collect();
+        let keys = conv
+            .convert_columns(&cols)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(keys.iter().map(|k| live.contains(&k.owned())).collect())
+    }
+
+    /// The batch a REPLACE logs: tombstones for the partition's rows in older layers that the
+    /// new rows do not overwrite, then the new rows. (The active generation's rows of the
+    /// partition are dropped when the entry is applied.)
+    async fn replacement(
+        &self,
+        rt: &crate::catalog::TableRuntime,
+        partition: &str,
+        batch: RecordBatch,
+    ) -> Result<RecordBatch> {
+        let mut snap = rt.store.snapshot(partition);
+        snap.generations.remove(0);
+        let with_flag = |b: &RecordBatch, deleted: bool| -> Result<RecordBatch> {
+            let mut fields: Vec<Arc<Field>> = rt.schema.fields().iter().cloned().collect();
+            fields.push(Arc::new(Field::new(
+                kalam_storage::buffer::DELETED_COLUMN,
+                DataType::Boolean,
+                false,
+            )));
+            let mut cols = b.columns()[..rt.schema.fields().len()].to_vec();
+            cols.push(Arc::new(BooleanArray::from(vec![deleted; b.num_rows()])));
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+                .map_err(|e| Error::Internal(e.to_string()))
+        };
+        let new_rows = with_flag(&batch, false)?;
+        if snap.generations.is_empty() && snap.files.as_ref().is_none_or(|f| f.files.is_empty()) {
+            return Ok(new_rows);
+        }
+        let all_cols: Vec<usize> = (0..rt.schema.fields().len()).collect();
+        let input =
+            crate::provider::layered_input(rt, &snap, partition, i64::MIN, true, &[], all_cols)
+                .map_err(Error::from_datafusion)?;
+        let exec =
+            Arc::new(merge::LayeredScanExec::try_new(input).map_err(Error::from_datafusion)?);
+        let old: Vec<RecordBatch> = execute_stream(exec, self.session.task_ctx())
+            .map_err(Error::from_datafusion)?
+            .try_collect()
+            .await
+            .map_err(Error::from_datafusion)?;
+        let mut parts = Vec::with_capacity(old.len() + 1);
+        for b in &old {
+            parts.push(with_flag(b, true)?);
+        }
+        parts.push(new_rows);
+        let schema = parts[0].schema();
+        concat_batches(&schema, &parts).map_err(|e| Error::Internal(e.to_string()))
     }
 
     /// UPDATE may not assign primary-key columns (a key is the row's identity).
@@ -728,10 +941,13 @@ impl Engine {
                         "table '{namespace}.{name}' does not exist"
                     )));
                 }
-                Err(Error::Unsupported(
-                    "FLUSH TABLE needs durable Parquet storage, which this build does not have yet"
-                        .into(),
-                ))
+                Self::require(exec, Role::Dba)?;
+                let Some(rt) = self.catalog.table(&namespace, &name) else {
+                    return Err(Error::NotFound(format!(
+                        "table '{namespace}.{name}' does not exist"
+                    )));
+                };
+                self.flush_table(&rt).await.map(|_| ())
             }
             Statement::KillLiveQuery { id } => {
                 Err(Error::NotFound(format!("live query '{id}' does not exist")))
@@ -808,7 +1024,7 @@ impl Engine {
                 .iter()
                 .filter_map(|k| target.index_of(k).ok())
                 .collect();
-            kalam_storage::buffer::TableBuffer::new("ingest", &target, pk, Arc::default())?
+            kalam_storage::buffer::TableBuffer::new("ingest", &target, pk, Arc::default(), false)?
                 .check_unique(&batch)?;
         }
 
@@ -958,25 +1174,29 @@ fn align_to(target: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> 
     concat_batches(target, &aligned).map_err(|e| Error::Internal(e.to_string()))
 }
 
-/// Applies a logged change to a table buffer (live, after the WAL append, and at recovery).
-pub fn apply_entry(
-    buffer: &kalam_storage::buffer::TableBuffer,
-    e: &WalEntry,
-) -> kalam_storage::Result<usize> {
-    match e.kind {
-        WalKind::Insert => buffer.insert(&e.partition, &e.batch, e.first_seq),
-        WalKind::Update => buffer.update(&e.partition, &e.batch, e.first_seq),
-        WalKind::Delete => buffer.delete(&e.partition, &e.batch),
-        WalKind::Replace => buffer.replace_partition(&e.partition, &e.batch, e.first_seq),
-    }
-}
-
-/// Replays recovered WAL entries into the catalog's tables. Entries of dropped tables are
-/// skipped, as are STREAM rows already past their TTL. Returns the highest sequence number seen.
-pub fn recover(catalog: &Catalog, entries: &[WalEntry]) -> Result<u64> {
+/// Loads every table's manifests, then replays the recovered WAL entries the files do not
+/// already hold. Entries of dropped tables are skipped, as are STREAM rows already past their
+/// TTL. Returns the highest sequence number in use (WAL or files), where numbering resumes.
+pub async fn recover(
+    catalog: &Catalog,
+    store: &Arc<dyn ObjectStore>,
+    entries: &[WalEntry],
+) -> Result<u64> {
     let tables = catalog.tables_by_id();
-    let now = now_ms();
+    let mut flushed: std::collections::HashMap<u64, std::collections::HashMap<String, u64>> =
+        std::collections::HashMap::with_capacity(tables.len());
     let mut max_seq = 0;
+    for (id, rt) in &tables {
+        let positions = rt.store.load(store).await?;
+        for (_, files) in rt.store.buckets() {
+            max_seq = max_seq.max(files.flushed_seq);
+            for f in &files.files {
+                max_seq = max_seq.max(f.meta.max_seq);
+            }
+        }
+        flushed.insert(*id, positions);
+    }
+    let now = now_ms();
     let (mut applied, mut skipped) = (0usize, 0usize);
     for e in entries {
         max_seq = max_seq.max(e.last_seq());
@@ -984,19 +1204,26 @@ pub fn recover(catalog: &Catalog, entries: &[WalEntry]) -> Result<u64> {
             skipped += 1;
             continue;
         };
-        if let Some(ttl) = rt.def.ttl_seconds
-            && e.committed_at_ms < now - (ttl as i64) * 1000
-        {
+        let done = flushed
+            .get(&e.table_id)
+            .and_then(|b| b.get(&rt.store.bucket_of(&e.partition)))
+            .is_some_and(|upto| e.first_seq <= *upto);
+        let expired = rt
+            .def
+            .ttl_seconds
+            .is_some_and(|ttl| e.committed_at_ms < now - (ttl as i64) * 1000);
+        if done || expired {
             skipped += 1;
             continue;
         }
         // Entries were validated before they were logged, so replay in log order succeeds.
-        apply_entry(&rt.buffer, e)?;
+        rt.store.active().buf.apply(e)?;
         applied += 1;
     }
     tracing::info!(applied, skipped, max_seq, "WAL replayed");
     Ok(max_seq)
 }
 
+mod maintenance;
 #[cfg(test)]
 mod tests;

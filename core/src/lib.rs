@@ -31,5 +31,6 @@ pub mod error;
 pub mod provider;
 pub mod sql;
 pub mod stats;
+pub mod table;
 
 pub use error::{Error, Result};

@@ -31,6 +31,10 @@ pub struct Config {
     /// Memory for query operators, e.g. 2GiB, 512MiB (sorts and aggregates spill beyond it).
     #[arg(long, env = "KALAM_MEMORY_LIMIT", default_value = "2GiB", value_parser = parse_size)]
     pub memory_limit: usize,
+    /// Hard limit on rows buffered in memory before they are flushed to Parquet, e.g. 512MiB;
+    /// writers wait (never fail) while the buffers are over it.
+    #[arg(long, env = "KALAM_WRITE_BUFFER_LIMIT", default_value = "512MiB", value_parser = parse_size)]
+    pub write_buffer_limit: usize,
     /// Lifetime of bearer tokens issued by Handshake, in seconds.
     #[arg(long, env = "KALAM_TOKEN_TTL_SECS", default_value_t = 24 * 3600)]
     pub token_ttl_secs: u64,

@@ -44,7 +44,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     kalam_storage::store::probe_conditional_put(store.as_ref(), &url).await?;
 
     let accounting = Arc::new(BufferAccounting::default());
-    let catalog = Arc::new(Catalog::open(store, CatalogLimits::default(), accounting).await?);
+    let catalog =
+        Arc::new(Catalog::open(Arc::clone(&store), CatalogLimits::default(), accounting).await?);
     bootstrap_root(&catalog).await?;
 
     let engine_config = EngineConfig {
@@ -54,16 +55,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         target_partitions: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),
+        write_buffer_limit: config.write_buffer_limit,
     };
     let (wal, entries) = Wal::open(&data_dir.join("wal"), DEFAULT_SEGMENT_BYTES)?;
-    let max_seq = kalam_core::engine::recover(&catalog, &entries)?;
+    let max_seq = kalam_core::engine::recover(&catalog, &store, &entries).await?;
     drop(entries);
     let engine = Arc::new(Engine::new(
         Arc::clone(&catalog),
         Arc::new(SeqAllocator::new(max_seq)),
         Arc::new(wal),
+        store,
         &engine_config,
     )?);
+    engine.spawn_maintenance();
     let auth_config = AuthConfig {
         token_ttl: std::time::Duration::from_secs(config.token_ttl_secs),
         ..AuthConfig::default()

@@ -11,12 +11,14 @@
 //!   primitive of the catalog (and, later, of table manifests).
 //! - [`buffer`]: the write buffer, Arrow rows per table and partition (user), with a primary-key
 //!   index so the newest version of a key wins and inserts of an existing key are refused.
+//! - [`manifest`]: per (table, bucket) create-only logs of Parquet files and flush positions.
 //! - [`wal`]: the write-ahead log with group commit, and its recovery.
 //! - [`seq`]: the process-wide commit sequence behind every row's `_seq`.
 
 pub mod buffer;
 pub mod error;
 pub mod log;
+pub mod manifest;
 pub mod seq;
 pub mod store;
 pub mod wal;

@@ -161,6 +161,8 @@ pub struct Wal {
     tx: mpsc::Sender<Pending>,
     /// Counters.
     pub stats: Arc<WalStats>,
+    /// The segment directory.
+    dir: PathBuf,
 }
 
 impl std::fmt::Debug for Pending {
@@ -292,7 +294,46 @@ impl Wal {
             .name("kalam-wal".into())
             .spawn(move || writer.run(rx))
             .map_err(io_err(dir))?;
-        Ok((Self { tx, stats }, entries))
+        Ok((
+            Self {
+                tx,
+                stats,
+                dir: dir.to_path_buf(),
+            },
+            entries,
+        ))
+    }
+
+    /// Deletes closed segments whose every record has `_seq < below` (their rows are all in
+    /// Parquet). The segment being written is never touched. Returns the segments removed.
+    pub fn remove_segments_below(&self, below: u64) -> Result<usize> {
+        let mut firsts: Vec<u64> = std::fs::read_dir(&self.dir)
+            .map_err(io_err(&self.dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".wal")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .collect();
+        firsts.sort_unstable();
+        let mut removed = 0;
+        // Segment i holds seqs [firsts[i], firsts[i + 1]); the last one is open.
+        for pair in firsts.windows(2) {
+            if pair[1] > below {
+                break;
+            }
+            let path = self.dir.join(segment_name(pair[0]));
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            sync_dir(&self.dir)?;
+            tracing::debug!(removed, below, "WAL segments truncated");
+        }
+        Ok(removed)
     }
 
     /// Appends `entry` and returns once it is fsynced.

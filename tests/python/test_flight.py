@@ -128,7 +128,6 @@ def test_handshake_padded_and_unpadded_basic(flight_client, tenant):
     assert rows(conn_a, f"SELECT COUNT(*) FROM {tenant.table}") == [(0,)]
 
 
-@pytest.mark.xfail(strict=True, reason="FLUSH TABLE needs Parquet storage (issue 3); the server answers UNIMPLEMENTED")
 def test_schema_stays_consistent_after_flush(kalam_server, flight_client, root_conn, tenant):
     """After FLUSH the data comes back from Parquet; the stream must still match FlightInfo's schema
     (no Utf8View surprise) and merge-on-read must return the newest version of each key."""

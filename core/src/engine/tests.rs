@@ -6,9 +6,10 @@ use object_store::memory::InMemory;
 
 async fn engine() -> (Engine, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let catalog = Arc::new(
         Catalog::open(
-            Arc::new(InMemory::new()),
+            Arc::clone(&store),
             CatalogLimits::default(),
             Arc::new(BufferAccounting::default()),
         )
@@ -20,6 +21,7 @@ async fn engine() -> (Engine, tempfile::TempDir) {
         spill_dir: dir.path().join("spill"),
         batch_size: 8192,
         target_partitions: 2,
+        write_buffer_limit: 64 << 20,
     };
     let (wal, _) = Wal::open(
         &dir.path().join("wal"),
@@ -27,7 +29,10 @@ async fn engine() -> (Engine, tempfile::TempDir) {
     )
     .unwrap();
     let seq = Arc::new(SeqAllocator::new(0));
-    (Engine::new(catalog, seq, Arc::new(wal), &cfg).unwrap(), dir)
+    (
+        Engine::new(catalog, seq, Arc::new(wal), store, &cfg).unwrap(),
+        dir,
+    )
 }
 
 fn ctx(id: &str, role: Role) -> Arc<ExecutionContext> {
@@ -262,4 +267,124 @@ async fn stream_tables_are_append_only_per_user_and_expire() {
         assert!(std::time::Instant::now() < deadline, "rows never expired");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+fn count(batches: &[RecordBatch]) -> i64 {
+    batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0)
+}
+
+#[tokio::test]
+async fn flushed_rows_merge_with_the_buffer_through_flush_and_compaction() {
+    let (e, _dir) = engine().await;
+    let root = ctx("root", Role::System);
+    affected(&e, "CREATE NAMESPACE app", &root).await.unwrap();
+    affected(
+        &e,
+        "CREATE USER TABLE app.t (id BIGINT PRIMARY KEY, body TEXT)",
+        &root,
+    )
+    .await
+    .unwrap();
+    let (a, b) = (ctx("ua", Role::User), ctx("ub", Role::User));
+    let values = |r: std::ops::Range<i64>| {
+        r.map(|i| format!("({i}, 'v{i}')"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let sql = format!("INSERT INTO app.t VALUES {}", values(0..100));
+    assert_eq!(affected(&e, &sql, &a).await.unwrap(), 100);
+    let sql = format!("INSERT INTO app.t VALUES {}", values(0..50));
+    assert_eq!(affected(&e, &sql, &b).await.unwrap(), 50);
+    let rt = e.catalog.table("app", "t").unwrap();
+    let report = e.flush_table(&rt).await.unwrap();
+    assert_eq!(report.rows, 150);
+    assert!(report.files >= 1);
+
+    let n = |who: &Arc<ExecutionContext>, sql: &'static str| {
+        let who = Arc::clone(who);
+        let e = &e;
+        async move { count(&run(e, sql, &who).await.unwrap()) }
+    };
+    assert_eq!(n(&a, "SELECT COUNT(*) FROM app.t").await, 100);
+    assert_eq!(n(&b, "SELECT COUNT(*) FROM app.t").await, 50);
+    // Uniqueness holds against rows that live only in Parquet.
+    let err = affected(&e, "INSERT INTO app.t VALUES (5, 'dup')", &a)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("duplicate primary key (5)"),
+        "{err}"
+    );
+    affected(&e, "INSERT INTO app.t VALUES (500, 'new')", &a)
+        .await
+        .unwrap();
+    // UPDATE and DELETE of flushed rows.
+    assert_eq!(
+        affected(&e, "UPDATE app.t SET body = 'x' WHERE id < 10", &a)
+            .await
+            .unwrap(),
+        10
+    );
+    assert_eq!(
+        affected(&e, "DELETE FROM app.t WHERE id >= 90 AND id < 100", &a)
+            .await
+            .unwrap(),
+        10
+    );
+    let check = |label: &'static str| {
+        let e = &e;
+        let (a, b) = (Arc::clone(&a), Arc::clone(&b));
+        async move {
+            assert_eq!(
+                n(&a, "SELECT COUNT(*) FROM app.t").await,
+                91,
+                "{label}: 100 + 1 - 10"
+            );
+            assert_eq!(
+                n(&a, "SELECT COUNT(*) FROM app.t WHERE body = 'x'").await,
+                10,
+                "{label}"
+            );
+            assert_eq!(
+                n(&a, "SELECT COUNT(DISTINCT id) FROM app.t").await,
+                91,
+                "{label}: no duplicates"
+            );
+            assert_eq!(
+                n(&a, "SELECT COUNT(*) FROM app.t WHERE id = 95").await,
+                0,
+                "{label}: deleted stays deleted"
+            );
+            assert_eq!(n(&b, "SELECT COUNT(*) FROM app.t").await, 50, "{label}");
+            let _ = e;
+        }
+    };
+    check("buffer over parquet").await;
+    e.flush_table(&rt).await.unwrap();
+    check("two files").await;
+    let bucket = rt.store.bucket_of("ua");
+    let r = e.compact_bucket(&rt, &bucket, true).await.unwrap();
+    if rt.store.bucket_of("ub") == bucket {
+        assert_eq!(
+            r.rows, 141,
+            "compaction drops superseded versions and tombstones"
+        );
+    } else {
+        assert_eq!(r.rows, 91);
+    }
+    check("compacted").await;
+    // A deleted key can come back, and the new row wins over every older layer.
+    affected(&e, "INSERT INTO app.t VALUES (95, 'again')", &a)
+        .await
+        .unwrap();
+    assert_eq!(n(&a, "SELECT COUNT(*) FROM app.t WHERE id = 95").await, 1);
+    let jobs = run(&e, "SELECT kind, status FROM system.jobs", &root)
+        .await
+        .unwrap();
+    assert_eq!(jobs.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
 }

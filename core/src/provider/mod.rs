@@ -6,6 +6,7 @@
 //! view can only ever scan the partition keyed by the caller's user id; there is no code path
 //! that scans another partition, and a view cannot exist without an identity.
 
+pub mod merge;
 mod system;
 
 pub use system::SystemTable;
@@ -17,16 +18,22 @@ use async_trait::async_trait;
 use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, SchemaProvider, Session, TableProvider,
 };
+use datafusion::common::DFSchema;
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::Expr;
+use datafusion::execution::context::ExecutionProps;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, col, lit};
+use datafusion::physical_expr::create_physical_expr;
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::Error;
 use crate::catalog::{AccessLevel, Catalog, SYSTEM_NAMESPACE, TableKind, TableRuntime, now_ms};
 use crate::context::{ExecutionContext, Role};
 use crate::stats::Stats;
+use crate::table::LayerSnapshot;
+use merge::{LayeredInput, LayeredScanExec};
 
 /// The catalog name every client sees.
 pub const CATALOG_NAME: &str = "kalam";
@@ -230,27 +237,136 @@ impl TableProvider for TableView {
         TableType::Base
     }
 
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Filters on key columns only prune Parquet row groups below the merge (all versions
+        // of a key pass or fail together); the plan still applies every filter above the scan.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if key_only(f, &self.runtime) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
     async fn scan(
         &self,
         _state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let full = &self.runtime.schema_with_seq;
-        let batches = self
-            .runtime
-            .buffer
-            .snapshot_since(self.partition(), full, self.ttl_cutoff_ms())
-            .map_err(|e| DataFusionError::External(Box::new(Error::Storage(e))))?;
         // Without `_seq` exposed, the visible schema is a prefix of the stored one, so the
         // projection indices line up; default to all visible columns.
         let projection = match projection {
             Some(p) => p.clone(),
             None => (0..self.schema().fields().len()).collect(),
         };
-        let exec =
-            MemorySourceConfig::try_new_exec(&[batches], Arc::clone(full), Some(projection))?;
-        Ok(exec)
+        let rt = &self.runtime;
+        let part = self.partition();
+        let snap = rt.store.snapshot(part);
+        let cutoff = self.ttl_cutoff_ms();
+        if snap.buffer_only() {
+            let full = &rt.schema_with_seq;
+            let batches = snap.generations[0]
+                .buf
+                .snapshot_since(part, full, cutoff, false)
+                .map_err(|e| DataFusionError::External(Box::new(Error::Storage(e))))?;
+            return Ok(MemorySourceConfig::try_new_exec(
+                &[batches],
+                Arc::clone(full),
+                Some(projection),
+            )?);
+        }
+        let input = layered_input(rt, &snap, part, cutoff, true, filters, projection)?;
+        Ok(Arc::new(LayeredScanExec::try_new(input)?))
     }
+}
+
+/// Does `e` reference key columns only (and at least one)?
+fn key_only(e: &Expr, rt: &TableRuntime) -> bool {
+    let cols = e.column_refs();
+    !cols.is_empty()
+        && !rt.def.primary_key.is_empty()
+        && cols
+            .iter()
+            .all(|c| rt.def.primary_key.iter().any(|k| k == &c.name))
+}
+
+/// The inputs of a merge-on-read scan of `partition`: the snapshot's generations (if
+/// `with_buffer`) and files, pruned by `key_filters`, producing `projection` (indices into
+/// `rt.mem_schema`).
+pub fn layered_input(
+    rt: &TableRuntime,
+    snap: &LayerSnapshot,
+    partition: &str,
+    cutoff_ms: i64,
+    with_buffer: bool,
+    key_filters: &[Expr],
+    projection: Vec<usize>,
+) -> DfResult<LayeredInput> {
+    let mut mem = Vec::new();
+    if with_buffer {
+        for g in &snap.generations {
+            let batches = g
+                .buf
+                .snapshot_since(partition, &rt.mem_schema, cutoff_ms, true)
+                .map_err(|e| DataFusionError::External(Box::new(Error::Storage(e))))?;
+            mem.extend(batches);
+        }
+    }
+    let files: Vec<_> = snap
+        .files
+        .as_ref()
+        .map(|b| {
+            b.files
+                .iter()
+                .filter(|f| f.meta.max_time_ms >= cutoff_ms)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let df_schema = DFSchema::try_from(Arc::clone(&rt.file_schema))?;
+    let props = ExecutionProps::new();
+    let planning = PhysicalPlanningContext::default();
+    let mut row_filter = col(merge::USER_COLUMN).eq(lit(partition));
+    if cutoff_ms > i64::MIN {
+        row_filter = row_filter.and(col(merge::TIME_COLUMN).gt_eq(lit(cutoff_ms)));
+    }
+    let mut prune = row_filter.clone();
+    for f in key_filters {
+        if key_only(f, rt) {
+            prune = prune.and(unqualify(f.clone())?);
+        }
+    }
+    Ok(LayeredInput {
+        mem_schema: Arc::clone(&rt.mem_schema),
+        file_schema: Arc::clone(&rt.file_schema),
+        pk: rt.pk_indices.clone(),
+        mem,
+        files,
+        row_filter: create_physical_expr(&row_filter, &df_schema, &props, &planning)?,
+        prune: create_physical_expr(&prune, &df_schema, &props, &planning)?,
+        projection,
+    })
+}
+
+/// `e` with table qualifiers removed from its columns (the file schema has none).
+fn unqualify(e: Expr) -> DfResult<Expr> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    Ok(e.transform(|e| {
+        Ok(match e {
+            Expr::Column(c) => Transformed::yes(Expr::Column(
+                datafusion::common::Column::new_unqualified(c.name),
+            )),
+            other => Transformed::no(other),
+        })
+    })?
+    .data)
 }

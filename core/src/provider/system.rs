@@ -111,6 +111,7 @@ impl SystemTable {
                 f("started_at", ts(), false),
                 f("finished_at", ts(), true),
                 f("ok", DataType::Boolean, true),
+                f("detail", DataType::Utf8, false),
             ],
             SystemTable::Stats => vec![
                 f("name", DataType::Utf8, false),
@@ -156,7 +157,27 @@ impl SystemTable {
             }
             // No live-query registry exists in this build, so there are no rows to show; the
             // table is here so its contract (schema, visibility) holds from the start.
-            SystemTable::LiveQueries | SystemTable::Jobs => self
+            SystemTable::Jobs => {
+                let jobs = env.stats.jobs();
+                vec![
+                    s(jobs.iter().map(|j| j.id.clone())),
+                    s(jobs.iter().map(|j| j.kind.to_string())),
+                    s(jobs.iter().map(|j| j.table.clone())),
+                    s(jobs.iter().map(|j| j.status.to_string())),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        jobs.iter().map(|j| j.started_at_ms),
+                    )),
+                    Arc::new(TimestampMillisecondArray::from_iter(
+                        jobs.iter().map(|j| j.finished_at_ms),
+                    )),
+                    Arc::new(arrow::array::BooleanArray::from_iter(
+                        jobs.iter()
+                            .map(|j| j.finished_at_ms.map(|_| j.status == "done")),
+                    )),
+                    s(jobs.iter().map(|j| j.detail.clone())),
+                ]
+            }
+            SystemTable::LiveQueries => self
                 .schema()
                 .fields()
                 .iter()
@@ -175,6 +196,10 @@ impl SystemTable {
                         Stats::get(&st.statements_executed) as i64,
                     ),
                     ("rows_written", Stats::get(&st.rows_written) as i64),
+                    ("flushes", Stats::get(&st.flushes) as i64),
+                    ("compactions", Stats::get(&st.compactions) as i64),
+                    ("files_written", Stats::get(&st.files_written) as i64),
+                    ("write_stalls", Stats::get(&st.write_stalls) as i64),
                     (
                         "live_queries_active",
                         Stats::get(&st.live_queries_active) as i64,
