@@ -629,18 +629,34 @@ impl Engine {
         partition: &str,
         probe: &RecordBatch,
     ) -> Result<Vec<bool>> {
-        /// Above this many keys, prune by `_user` only and probe the partition's keys.
-        const MAX_IN_LIST: usize = 256;
-        let mut filters = Vec::new();
-        if probe.num_rows() <= MAX_IN_LIST {
-            let mut any: Option<datafusion::logical_expr::Expr> = None;
+        /// Up to this many keys are also matched exactly (bloom filters prune by them);
+        /// larger batches prune by the range of their first key column only.
+        const EXACT_KEYS: usize = 16;
+        use datafusion::logical_expr::{Expr, col, lit};
+        let first = rt.pk_indices[0];
+        let first_name = rt.schema.field(first).name();
+        let order = arrow::compute::sort_to_indices(probe.column(first), None, None)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut filters: Vec<Expr> = Vec::new();
+        if let (Some(lo), Some(hi)) = (order.values().first(), order.values().last()) {
+            let lo = ScalarValue::try_from_array(probe.column(first), *lo as usize)
+                .map_err(Error::from_datafusion)?;
+            let hi = ScalarValue::try_from_array(probe.column(first), *hi as usize)
+                .map_err(Error::from_datafusion)?;
+            filters.push(
+                col(first_name)
+                    .gt_eq(lit(lo))
+                    .and(col(first_name).lt_eq(lit(hi))),
+            );
+        }
+        if probe.num_rows() <= EXACT_KEYS {
+            let mut any: Option<Expr> = None;
             for row in 0..probe.num_rows() {
-                let mut all: Option<datafusion::logical_expr::Expr> = None;
+                let mut all: Option<Expr> = None;
                 for &k in &rt.pk_indices {
                     let v = ScalarValue::try_from_array(probe.column(k), row)
                         .map_err(Error::from_datafusion)?;
-                    let eq = datafusion::logical_expr::col(rt.schema.field(k).name())
-                        .eq(datafusion::logical_expr::lit(v));
+                    let eq = col(rt.schema.field(k).name()).eq(lit(v));
                     all = Some(match all {
                         Some(a) => a.and(eq),
                         None => eq,
@@ -655,16 +671,8 @@ impl Engine {
             }
             filters.extend(any);
         }
-        let input = crate::provider::layered_input(
-            rt,
-            snap,
-            partition,
-            i64::MIN,
-            false,
-            &filters,
-            rt.pk_indices.clone(),
-        )
-        .map_err(Error::from_datafusion)?;
+        let input = crate::provider::key_lookup_input(rt, snap, partition, &filters)
+            .map_err(Error::from_datafusion)?;
         let exec =
             Arc::new(merge::LayeredScanExec::try_new(input).map_err(Error::from_datafusion)?);
         let found: Vec<RecordBatch> = execute_stream(exec, self.session.task_ctx())

@@ -33,6 +33,7 @@ use crate::catalog::{AccessLevel, Catalog, SYSTEM_NAMESPACE, TableKind, TableRun
 use crate::context::{ExecutionContext, Role};
 use crate::stats::Stats;
 use crate::table::LayerSnapshot;
+use kalam_storage::buffer::{DELETED_COLUMN, SEQ_COLUMN};
 use merge::{LayeredInput, LayeredScanExec};
 
 /// The catalog name every client sees.
@@ -354,6 +355,53 @@ pub fn layered_input(
         row_filter: create_physical_expr(&row_filter, &df_schema, &props, &planning)?,
         prune: create_physical_expr(&prune, &df_schema, &props, &planning)?,
         projection,
+    })
+}
+
+/// The inputs of a lookup of live keys in `partition`'s files only: reads just the key
+/// columns, `_seq` and `_deleted`, pruned by `key_filters`; produces the key columns.
+pub fn key_lookup_input(
+    rt: &TableRuntime,
+    snap: &LayerSnapshot,
+    partition: &str,
+    key_filters: &[Expr],
+) -> DfResult<LayeredInput> {
+    let mut fields: Vec<_> = rt
+        .pk_indices
+        .iter()
+        .map(|i| Arc::new(rt.schema.field(*i).clone()))
+        .collect();
+    for name in [SEQ_COLUMN, DELETED_COLUMN] {
+        fields.push(Arc::new(rt.mem_schema.field_with_name(name)?.clone()));
+    }
+    let mem_schema = Arc::new(arrow::datatypes::Schema::new(fields.clone()));
+    for name in [merge::TIME_COLUMN, merge::USER_COLUMN] {
+        fields.push(Arc::new(rt.file_schema.field_with_name(name)?.clone()));
+    }
+    let file_schema = Arc::new(arrow::datatypes::Schema::new(fields));
+    let keys: Vec<usize> = (0..rt.pk_indices.len()).collect();
+    let files = snap
+        .files
+        .as_ref()
+        .map(|b| b.files.clone())
+        .unwrap_or_default();
+    let df_schema = DFSchema::try_from(Arc::clone(&file_schema))?;
+    let props = ExecutionProps::new();
+    let planning = PhysicalPlanningContext::default();
+    let row_filter = col(merge::USER_COLUMN).eq(lit(partition));
+    let mut prune = row_filter.clone();
+    for f in key_filters {
+        prune = prune.and(unqualify(f.clone())?);
+    }
+    Ok(LayeredInput {
+        mem_schema,
+        file_schema,
+        pk: keys.clone(),
+        mem: Vec::new(),
+        files,
+        row_filter: create_physical_expr(&row_filter, &df_schema, &props, &planning)?,
+        prune: create_physical_expr(&prune, &df_schema, &props, &planning)?,
+        projection: keys,
     })
 }
 
