@@ -40,10 +40,10 @@ def server_bin() -> str:
     sys.exit("release kalam-server not found: cargo build --release -p kalam-server")
 
 
-def start_server(data_dir: str):
+def start_server(data_dir: str, extra_args: list[str] | None = None):
     env = dict(os.environ, KALAM_ROOT_PASSWORD=PW, RUST_LOG="warn")
     proc = subprocess.Popen(
-        [server_bin(), "--listen", "127.0.0.1:0", "--data-dir", data_dir],
+        [server_bin(), "--listen", "127.0.0.1:0", "--data-dir", data_dir, *(extra_args or [])],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )
     found: list[str] = []

@@ -213,6 +213,12 @@ impl Engine {
                 consumers,
             )));
         }
+        let stats = Arc::new(Stats::default());
+        // Table files are read and written through a counting wrapper (`store_bytes_read`).
+        let store: Arc<dyn ObjectStore> = Arc::new(kalam_storage::counting::CountingStore::new(
+            store,
+            Arc::clone(&stats.store),
+        ));
         let runtime = rt.build_arc()?;
         runtime.register_object_store(merge::store_url().as_ref(), Arc::clone(&store));
         let mut cfg = SessionConfig::new()
@@ -234,7 +240,6 @@ impl Engine {
         opts.execution.parquet.schema_force_view_types = false;
         let memory_pool = Arc::clone(&runtime.memory_pool);
         let session = SessionContext::new_with_config_rt(cfg, runtime);
-        let stats = Arc::new(Stats::default());
         Stats::add(&stats.session_contexts_created, 1);
         Ok(Self {
             wal,

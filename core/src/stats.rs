@@ -48,6 +48,8 @@ pub struct Stats {
     pub compactions: AtomicU64,
     /// Writers that waited for the write buffer to drain (backpressure).
     pub write_stalls: AtomicU64,
+    /// Reads of table files from the object store.
+    pub store: std::sync::Arc<kalam_storage::counting::StoreStats>,
     /// Job ids handed out.
     job_seq: AtomicU64,
     /// Recent jobs, bounded by [`JOB_HISTORY`].

@@ -16,6 +16,7 @@
 //! - [`seq`]: the process-wide commit sequence behind every row's `_seq`.
 
 pub mod buffer;
+pub mod counting;
 pub mod error;
 pub mod log;
 pub mod manifest;

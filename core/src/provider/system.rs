@@ -200,6 +200,8 @@ impl SystemTable {
                     ("compactions", Stats::get(&st.compactions) as i64),
                     ("files_written", Stats::get(&st.files_written) as i64),
                     ("write_stalls", Stats::get(&st.write_stalls) as i64),
+                    ("store_reads", Stats::get(&st.store.reads) as i64),
+                    ("store_bytes_read", Stats::get(&st.store.bytes_read) as i64),
                     (
                         "live_queries_active",
                         Stats::get(&st.live_queries_active) as i64,

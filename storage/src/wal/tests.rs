@@ -138,3 +138,28 @@ async fn rotation_and_empty_segments() {
     let (_, entries) = Wal::open(dir.path(), 256).unwrap();
     assert_eq!(entries.len(), 10);
 }
+
+#[tokio::test]
+async fn flushed_segments_are_removed_and_the_rest_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), 256).unwrap();
+    for i in 0..10u64 {
+        wal.append(&entry(i + 1, &[i as i64])).await.unwrap();
+    }
+    let before = segments(dir.path()).len();
+    assert!(before > 3);
+    // Nothing is flushed: nothing goes.
+    assert_eq!(wal.remove_segments_below(1).unwrap(), 0);
+    // Everything below seq 6 is in Parquet: only segments holding nothing newer go.
+    let removed = wal.remove_segments_below(6).unwrap();
+    assert!(removed > 0);
+    drop(wal);
+    let (_, entries) = Wal::open(dir.path(), 256).unwrap();
+    let seqs: Vec<u64> = entries.iter().map(|e| e.first_seq).collect();
+    assert!(seqs.contains(&6) && seqs.ends_with(&[10]), "{seqs:?}");
+    assert!(seqs.iter().all(|s| *s <= 10));
+    // The open segment is never removed, even when everything is flushed.
+    let (wal, _) = Wal::open(dir.path(), 256).unwrap();
+    wal.remove_segments_below(u64::MAX).unwrap();
+    assert_eq!(segments(dir.path()).len(), 1);
+}
