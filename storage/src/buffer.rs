@@ -540,6 +540,7 @@ impl TableBuffer {
         self.accounting.add(chunk.bytes);
         p.chunks.push(chunk);
         if let Some(keys) = keys {
+            p.tombstones += tombstones;
             // Retire the previous version of each key (older chunk or earlier in this batch).
             for i in 0..n {
                 let at = (chunk_idx, i as u32);
@@ -553,7 +554,6 @@ impl TableBuffer {
                     }
                 }
             }
-            p.tombstones += tombstones;
         }
         self.merge_small_tail(p)?;
         Ok(n - tombstones)

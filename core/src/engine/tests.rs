@@ -388,3 +388,125 @@ async fn flushed_rows_merge_with_the_buffer_through_flush_and_compaction() {
         .unwrap();
     assert_eq!(jobs.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
 }
+
+#[tokio::test]
+async fn flushed_stream_rows_expire_and_their_files_go() {
+    let (e, _d) = engine().await;
+    let root = ctx("root", Role::System);
+    let a = ctx("ua", Role::User);
+    affected(&e, "CREATE NAMESPACE app", &root).await.unwrap();
+    affected(
+        &e,
+        "CREATE STREAM TABLE app.typing (room TEXT, n BIGINT) WITH (TTL_SECONDS = 1)",
+        &root,
+    )
+    .await
+    .unwrap();
+    affected(&e, "INSERT INTO app.typing VALUES ('r', 1), ('r', 2)", &a)
+        .await
+        .unwrap();
+    let rt = e.catalog.table("app", "typing").unwrap();
+    assert_eq!(e.flush_table(&rt).await.unwrap().rows, 2);
+    affected(&e, "INSERT INTO app.typing VALUES ('r', 3)", &a)
+        .await
+        .unwrap();
+    let n = || async {
+        count(
+            &run(&e, "SELECT count(*) FROM app.typing", &a)
+                .await
+                .unwrap(),
+        )
+    };
+    assert_eq!(n().await, 3, "file rows and buffered rows");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while n().await != 0 {
+        assert!(std::time::Instant::now() < deadline, "rows never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    e.maintain_once().await;
+    assert!(
+        rt.store.buckets().iter().all(|(_, f)| f.files.is_empty()),
+        "expired files are dropped"
+    );
+}
+
+#[tokio::test]
+async fn replace_and_add_column_over_flushed_rows() {
+    let (e, _d) = engine().await;
+    let root = ctx("root", Role::System);
+    let a = ctx("ua", Role::User);
+    affected(&e, "CREATE NAMESPACE app", &root).await.unwrap();
+    affected(
+        &e,
+        "CREATE USER TABLE app.t (id BIGINT PRIMARY KEY, body TEXT)",
+        &root,
+    )
+    .await
+    .unwrap();
+    affected(
+        &e,
+        "INSERT INTO app.t VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+        &a,
+    )
+    .await
+    .unwrap();
+    let rt = e.catalog.table("app", "t").unwrap();
+    e.flush_table(&rt).await.unwrap();
+    affected(&e, "ALTER TABLE app.t ADD COLUMN edited BOOLEAN", &root)
+        .await
+        .unwrap();
+    affected(&e, "INSERT INTO app.t VALUES (4, 'd', true)", &a)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &run(&e, "SELECT count(*) FROM app.t WHERE edited IS NULL", &a)
+                .await
+                .unwrap()
+        ),
+        3,
+        "rows flushed before ADD COLUMN read the new column as NULL"
+    );
+    // Replace the partition: rows in Parquet and in the buffer all go.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("body", DataType::Utf8, true),
+        Field::new("edited", DataType::Boolean, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(Int64Array::from(vec![2, 9])),
+            Arc::new(StringArray::from(vec!["B", "Z"])),
+            Arc::new(arrow::array::BooleanArray::from(vec![false, false])),
+        ],
+    )
+    .unwrap();
+    e.ingest(
+        &a,
+        "app",
+        "t",
+        IngestMode::Replace,
+        &Default::default(),
+        schema,
+        vec![batch],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ids(&run(&e, "SELECT id FROM app.t ORDER BY id", &a)
+            .await
+            .unwrap()),
+        vec![2, 9]
+    );
+    e.flush_table(&e.catalog.table("app", "t").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&run(&e, "SELECT id FROM app.t ORDER BY id", &a)
+            .await
+            .unwrap()),
+        vec![2, 9],
+        "after flushing the replacement"
+    );
+}
