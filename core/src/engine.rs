@@ -51,6 +51,8 @@ pub struct EngineConfig {
     pub target_partitions: usize,
     /// Hard limit on buffered (not yet flushed) row bytes; writers wait beyond it.
     pub write_buffer_limit: usize,
+    /// Live-query limits and bounds.
+    pub live: crate::live::LiveConfig,
 }
 
 /// What a statement will return, known without running it.
@@ -103,6 +105,8 @@ pub struct Engine {
     flush_wanted: tokio::sync::Notify,
     /// Signalled after every flush (writers waiting for buffer room re-check).
     buffer_drained: tokio::sync::Notify,
+    /// Live queries: registry, fan-out, retention ring.
+    live: Arc<crate::live::LiveManager>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -241,6 +245,10 @@ impl Engine {
         let memory_pool = Arc::clone(&runtime.memory_pool);
         let session = SessionContext::new_with_config_rt(cfg, runtime);
         Stats::add(&stats.session_contexts_created, 1);
+        let live = Arc::new(crate::live::LiveManager::new(
+            config.live.clone(),
+            seq.last(),
+        ));
         Ok(Self {
             wal,
             session,
@@ -252,6 +260,7 @@ impl Engine {
             write_buffer_limit: config.write_buffer_limit,
             flush_wanted: tokio::sync::Notify::new(),
             buffer_drained: tokio::sync::Notify::new(),
+            live,
         })
     }
 
@@ -275,6 +284,7 @@ impl Engine {
             memory_pool: Arc::clone(&self.memory_pool),
             exec: Arc::clone(exec),
             expose_seq,
+            live: Arc::clone(&self.live),
         };
         state.register_catalog_list(Arc::new(RequestCatalogList::new(env)));
         state
@@ -570,6 +580,12 @@ impl Engine {
         if batch.num_rows() == 0 && kind != WalKind::Replace {
             return Ok(0);
         }
+        // Subscribers decide update/insert/delete from the old and the new row.
+        let old = if kind == WalKind::Update && self.live.watched(rt.def.id, partition) {
+            Some(self.current_rows(rt, partition, &batch).await?)
+        } else {
+            None
+        };
         // Before reserving: WAL truncation must never pass a commit under way.
         generation.buf.note_min_seq(self.seq.last() + 1);
         let first_seq = self.seq.reserve((batch.num_rows() as u64).max(1));
@@ -582,7 +598,105 @@ impl Engine {
             committed_at_ms: now_ms(),
         };
         self.wal.append(&entry).await?;
-        Ok(generation.buf.apply(&entry)?)
+        let written = generation.buf.apply(&entry)?;
+        self.publish(rt, entry, old);
+        Ok(written)
+    }
+
+    /// Hands a committed entry to the live-query manager (still under the writer lock, so each
+    /// partition's changes arrive in commit order).
+    fn publish(
+        &self,
+        rt: &crate::catalog::TableRuntime,
+        entry: WalEntry,
+        old: Option<RecordBatch>,
+    ) {
+        let n = entry.batch.num_rows();
+        let seq: ArrayRef = Arc::new(arrow::array::UInt64Array::from_iter_values(
+            (0..n as u64).map(|i| entry.first_seq + i),
+        ));
+        let mut fields: Vec<Arc<Field>> = Vec::with_capacity(entry.batch.num_columns() + 1);
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(entry.batch.num_columns() + 1);
+        let user_cols = rt.schema.fields().len().min(entry.batch.num_columns());
+        for i in 0..user_cols {
+            fields.push(Arc::new(entry.batch.schema().field(i).clone()));
+            cols.push(Arc::clone(entry.batch.column(i)));
+        }
+        fields.push(Arc::new(Field::new(
+            kalam_storage::buffer::SEQ_COLUMN,
+            DataType::UInt64,
+            false,
+        )));
+        cols.push(seq);
+        if let Some(d) = kalam_storage::buffer::deleted_flags(&entry.batch) {
+            fields.push(Arc::new(Field::new(
+                kalam_storage::buffer::DELETED_COLUMN,
+                DataType::Boolean,
+                false,
+            )));
+            cols.push(Arc::new(d.clone()));
+        }
+        match RecordBatch::try_new(Arc::new(Schema::new(fields)), cols) {
+            Ok(rows) => self.live.publish(crate::live::Change::new(
+                rt.def.id,
+                &entry.partition,
+                entry.kind,
+                rows,
+                old,
+                entry.last_seq(),
+            )),
+            Err(e) => tracing::error!(error = %e, "could not publish a change to live queries"),
+        }
+    }
+
+    /// The current version (user columns + `_seq`) of each row of `batch`'s keys, in `batch`'s
+    /// order (rows that do not exist read as the new row itself).
+    async fn current_rows(
+        &self,
+        rt: &crate::catalog::TableRuntime,
+        partition: &str,
+        batch: &RecordBatch,
+    ) -> Result<RecordBatch> {
+        let snap = rt.store.snapshot(partition);
+        let mut cols: Vec<usize> = (0..rt.schema.fields().len()).collect();
+        cols.push(rt.schema.fields().len()); // `_seq`
+        let input = crate::provider::layered_input(rt, &snap, partition, i64::MIN, true, &[], cols)
+            .map_err(Error::from_datafusion)?;
+        let exec =
+            Arc::new(merge::LayeredScanExec::try_new(input).map_err(Error::from_datafusion)?);
+        let found: Vec<RecordBatch> = execute_stream(exec, self.session.task_ctx())
+            .map_err(Error::from_datafusion)?
+            .try_collect()
+            .await
+            .map_err(Error::from_datafusion)?;
+        let current = concat_batches(&rt.schema_with_seq, &found)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let fields: Vec<SortField> = rt
+            .pk_indices
+            .iter()
+            .map(|i| SortField::new(rt.schema.field(*i).data_type().clone()))
+            .collect();
+        let conv = RowConverter::new(fields).map_err(|e| Error::Internal(e.to_string()))?;
+        let key_cols = |b: &RecordBatch| -> Vec<ArrayRef> {
+            rt.pk_indices
+                .iter()
+                .map(|i| Arc::clone(b.column(*i)))
+                .collect()
+        };
+        let have = conv
+            .convert_columns(&key_cols(&current))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let index: std::collections::HashMap<_, u32> = have
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k, i as u32))
+            .collect();
+        let want = conv
+            .convert_columns(&key_cols(batch))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let idx: UInt32Array = want.iter().map(|k| index.get(&k).copied()).collect();
+        arrow::compute::take_record_batch(&current, &idx)
+            .map_err(|e| Error::Internal(e.to_string()))
     }
 
     /// For each row of `batch`, does its key currently exist (newest version not deleted) in
@@ -962,14 +1076,15 @@ impl Engine {
                 };
                 self.flush_table(&rt).await.map(|_| ())
             }
-            Statement::KillLiveQuery { id } => {
-                Err(Error::NotFound(format!("live query '{id}' does not exist")))
-            }
+            Statement::KillLiveQuery { id } => self.kill_live_query(&id, exec),
             Statement::ExecuteAs { .. } | Statement::Sql => Err(Error::Internal(
                 "statement routed to the wrong executor".into(),
             )),
         };
         res?;
+        // Live queries on tables that no longer exist end with ABORTED.
+        let tables = self.catalog.tables_by_id();
+        self.live.retain_tables(|id| tables.contains_key(&id));
         Stats::add(&self.stats.statements_executed, 1);
         Ok(0)
     }
@@ -1238,5 +1353,8 @@ pub async fn recover(
 }
 
 mod maintenance;
+mod subscribe;
+
+pub use subscribe::Subscribed;
 #[cfg(test)]
 mod tests;

@@ -23,6 +23,15 @@ pub enum Error {
     /// A bound was hit (prepared statements per user, memory, rate).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The request is valid but the state does not allow it (a resume position too old).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The operation was cancelled (`KILL LIVE QUERY`).
+    #[error("{0}")]
+    Cancelled(String),
+    /// The operation was aborted by a concurrent change (the table was dropped).
+    #[error("{0}")]
+    Aborted(String),
     /// The operation is valid SQL but not available in this server.
     #[error("{0}")]
     Unsupported(String),

@@ -28,6 +28,7 @@ pub mod catalog;
 pub mod context;
 pub mod engine;
 pub mod error;
+pub mod live;
 pub mod provider;
 pub mod sql;
 pub mod stats;

@@ -15,6 +15,7 @@
 
 pub mod auth_layer;
 pub mod config;
+mod live;
 pub mod metadata;
 pub mod prepared;
 pub mod running;

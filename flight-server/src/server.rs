@@ -56,6 +56,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(2),
         write_buffer_limit: config.write_buffer_limit,
+        live: kalam_core::live::LiveConfig::default(),
     };
     let (wal, entries) = Wal::open(&data_dir.join("wal"), DEFAULT_SEGMENT_BYTES)?;
     let max_seq = kalam_core::engine::recover(&catalog, &store, &entries).await?;

@@ -845,6 +845,33 @@ impl FlightSqlService for KalamFlightService {
         )))
     }
 
+    async fn do_exchange_fallback(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<<Self as FlightService>::DoExchangeStream>, Status> {
+        let caller = self.caller(&request).await?;
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| strip_scheme(h, "Bearer"))
+            .map(str::to_string);
+        let connection = request
+            .remote_addr()
+            .map_or_else(|| caller.exec.request_id.to_string(), |a| a.to_string());
+        let mut input = request.into_inner();
+        let cmd = crate::live::read_command(&mut input).await?;
+        let call = crate::live::LiveCall {
+            engine: Arc::clone(&self.engine),
+            auth: Arc::clone(&self.auth),
+            exec: Arc::clone(&caller.exec),
+            token,
+            connection,
+        };
+        let stream = crate::live::open(call, cmd, input).await?;
+        Ok(Response::new(stream))
+    }
+
     async fn do_action_fallback(
         &self,
         request: Request<Action>,

@@ -349,7 +349,12 @@ impl KalamClient {
     }
 
     /// A request carrying the bearer token, if any.
-    fn request<T>(&self, message: T) -> Request<T> {
+    /// The generated Flight client (for calls implemented in other modules).
+    pub(crate) fn flight_client(&self) -> FlightServiceClient<Channel> {
+        self.flight.clone()
+    }
+
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         if let Some(token) = &self.token {
             request

@@ -39,6 +39,7 @@ mod client;
 mod endpoint;
 mod error;
 mod ingest;
+mod live;
 mod prepared;
 mod stream;
 
@@ -47,5 +48,6 @@ pub use arrow_flight::{CancelStatus, FlightInfo};
 pub use crate::client::KalamClient;
 pub use crate::error::{Error, Result};
 pub use crate::ingest::IngestMode;
+pub use crate::live::{EventKind, LiveEvent, SubscribeOptions, Subscription};
 pub use crate::prepared::PreparedStatement;
 pub use crate::stream::RecordBatchStream;

@@ -22,6 +22,7 @@ async fn engine() -> (Engine, tempfile::TempDir) {
         batch_size: 8192,
         target_partitions: 2,
         write_buffer_limit: 64 << 20,
+        live: crate::live::LiveConfig::default(),
     };
     let (wal, _) = Wal::open(
         &dir.path().join("wal"),

@@ -52,6 +52,8 @@ pub struct RequestEnv {
     pub exec: Arc<ExecutionContext>,
     /// Expose the hidden `_seq` column (the statement names it).
     pub expose_seq: bool,
+    /// Live queries (for `system.live_queries`).
+    pub live: Arc<crate::live::LiveManager>,
 }
 
 /// Per-request catalog list with the single catalog `kalam`.

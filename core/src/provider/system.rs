@@ -177,12 +177,26 @@ impl SystemTable {
                     s(jobs.iter().map(|j| j.detail.clone())),
                 ]
             }
-            SystemTable::LiveQueries => self
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| arrow::array::new_empty_array(f.data_type()))
-                .collect(),
+            SystemTable::LiveQueries => {
+                let subs = env
+                    .live
+                    .list(&env.exec.user_id, env.exec.has_role(Role::Dba));
+                vec![
+                    s(subs.iter().map(|(q, _)| q.id.to_string())),
+                    s(subs.iter().map(|(q, _)| q.user_id.to_string())),
+                    s(subs.iter().map(|(_, i)| i.table.clone())),
+                    s(subs.iter().map(|(_, i)| i.sql.clone())),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        subs.iter().map(|(_, i)| i.created_at_ms),
+                    )),
+                    Arc::new(UInt64Array::from_iter_values(subs.iter().map(|(q, _)| {
+                        q.last_seq.load(std::sync::atomic::Ordering::Relaxed)
+                    }))),
+                    Arc::new(UInt64Array::from_iter_values(subs.iter().map(|(q, _)| {
+                        q.delivered.load(std::sync::atomic::Ordering::Relaxed)
+                    }))),
+                ]
+            }
             SystemTable::Stats => {
                 let st = &env.stats;
                 let pairs: Vec<(&str, i64)> = vec![
@@ -202,10 +216,7 @@ impl SystemTable {
                     ("write_stalls", Stats::get(&st.write_stalls) as i64),
                     ("store_reads", Stats::get(&st.store.reads) as i64),
                     ("store_bytes_read", Stats::get(&st.store.bytes_read) as i64),
-                    (
-                        "live_queries_active",
-                        Stats::get(&st.live_queries_active) as i64,
-                    ),
+                    ("live_queries_active", env.live.len() as i64),
                     ("write_buffer_bytes", env.catalog.buffer_bytes() as i64),
                     ("memory_pool_used_bytes", env.memory_pool.reserved() as i64),
                     ("tables", env.catalog.table_count() as i64),

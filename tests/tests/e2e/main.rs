@@ -5,6 +5,7 @@
 mod common;
 mod errors;
 mod isolation;
+mod live;
 mod protocol;
 mod roles;
 mod scale;
