@@ -44,6 +44,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+# The Python client package (clients/python), tested by tests/python/test_live.py.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e clients/python
 "$VENV/bin/python" -m pytest tests/python -q || py_status=$?
 
 if [ "$rust_status" -ne 0 ] || [ "$py_status" -ne 0 ]; then
