@@ -220,7 +220,10 @@ impl Engine {
         opts.execution.parquet.schema_force_view_types = false;
         let memory_pool = Arc::clone(&runtime.memory_pool);
         let session = SessionContext::new_with_config_rt(cfg, runtime);
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats {
+            wal: Arc::clone(&wal.stats),
+            ..Stats::default()
+        });
         Stats::add(&stats.session_contexts_created, 1);
         Ok(Self {
             wal,
@@ -240,6 +243,11 @@ impl Engine {
     /// Process counters.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// The key figures of `system.stats` and `/metrics`.
+    pub fn key_figures(&self) -> Vec<crate::stats::Figure> {
+        crate::stats::key_figures(&self.stats, &self.catalog, self.memory_pool.as_ref())
     }
 
     /// The planning state for one request: a clone of the shared state whose catalog list

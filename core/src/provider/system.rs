@@ -17,7 +17,6 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::RequestEnv;
 use crate::catalog::TableKind;
 use crate::context::{ExecutionContext, Role};
-use crate::stats::Stats;
 
 /// The system tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,27 +162,12 @@ impl SystemTable {
                 .map(|f| arrow::array::new_empty_array(f.data_type()))
                 .collect(),
             SystemTable::Stats => {
-                let st = &env.stats;
-                let pairs: Vec<(&str, i64)> = vec![
-                    (
-                        "session_contexts_created",
-                        Stats::get(&st.session_contexts_created) as i64,
-                    ),
-                    ("queries_started", Stats::get(&st.queries_started) as i64),
-                    (
-                        "statements_executed",
-                        Stats::get(&st.statements_executed) as i64,
-                    ),
-                    ("rows_written", Stats::get(&st.rows_written) as i64),
-                    (
-                        "live_queries_active",
-                        Stats::get(&st.live_queries_active) as i64,
-                    ),
-                    ("write_buffer_bytes", env.catalog.buffer_bytes() as i64),
-                    ("memory_pool_used_bytes", env.memory_pool.reserved() as i64),
-                    ("tables", env.catalog.table_count() as i64),
-                    ("users", env.catalog.user_count() as i64),
-                ];
+                let figures =
+                    crate::stats::key_figures(&env.stats, &env.catalog, env.memory_pool.as_ref());
+                let pairs: Vec<(&str, i64)> = figures
+                    .iter()
+                    .map(|f| (f.name, i64::try_from(f.value).unwrap_or(i64::MAX)))
+                    .collect();
                 vec![
                     s(pairs.iter().map(|(n, _)| n.to_string())),
                     Arc::new(Int64Array::from_iter_values(pairs.iter().map(|(_, v)| *v))),

@@ -3,9 +3,12 @@
 //! linking is the slow step.
 
 mod common;
+mod config;
 mod errors;
 mod isolation;
+mod metrics;
 mod protocol;
 mod roles;
 mod scale;
 mod storage;
+mod tls;
