@@ -31,6 +31,8 @@ pub const PLAINTEXT_REFUSED: &str =
 const MAX_HANDSHAKES: usize = 256;
 /// Bound on handshaken connections waiting for the server to take them.
 const READY_QUEUE: usize = 64;
+/// Idle time before TCP keepalive probes (as `TcpIncoming::with_keepalive` on plaintext).
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// A connection must finish its handshake (or the plaintext refusal) within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -123,9 +125,11 @@ async fn accept_loop(
         // Ends within HANDSHAKE_TIMEOUT and holds a permit, so at most MAX_HANDSHAKES exist.
         tokio::spawn(async move {
             let _permit = permit;
-            // Small request/response messages: without TCP_NODELAY, Nagle + delayed ACK add
-            // ~40 ms.
+            // As the plaintext listener: TCP_NODELAY (small messages; Nagle + delayed ACK add
+            // ~40 ms) and keepalive probes after a minute of silence.
             let _ = stream.set_nodelay(true);
+            let _ = socket2::SockRef::from(&stream)
+                .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &acceptor)).await {
                 Ok(Ok(Some(tls))) => {
                     let _ = tx.send(tls).await;
