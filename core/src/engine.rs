@@ -217,7 +217,10 @@ impl Engine {
                 consumers,
             )));
         }
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats {
+            wal: Arc::clone(&wal.stats),
+            ..Stats::default()
+        });
         // Table files are read and written through a counting wrapper (`store_bytes_read`).
         let store: Arc<dyn ObjectStore> = Arc::new(kalam_storage::counting::CountingStore::new(
             store,
@@ -248,6 +251,7 @@ impl Engine {
         let live = Arc::new(crate::live::LiveManager::new(
             config.live.clone(),
             seq.last(),
+            Arc::clone(&stats),
         ));
         Ok(Self {
             wal,
@@ -272,6 +276,11 @@ impl Engine {
     /// Process counters.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// The key figures of `system.stats` and `/metrics`.
+    pub fn key_figures(&self) -> Vec<crate::stats::Figure> {
+        crate::stats::key_figures(&self.stats, &self.catalog, self.memory_pool.as_ref())
     }
 
     /// The planning state for one request: a clone of the shared state whose catalog list

@@ -258,6 +258,8 @@ pub struct LiveManager {
     /// Bytes queued across all subscriptions (bounded by `global_bytes`).
     queued: AtomicUsize,
     next_id: AtomicU64,
+    /// Where `live_queries_active` and the notification counters are reported.
+    stats: Arc<crate::stats::Stats>,
 }
 
 /// A registered subscription; dropping it unregisters it and frees its queue.
@@ -290,7 +292,7 @@ impl Drop for SubscriptionHandle {
 
 impl LiveManager {
     /// A manager whose ring starts at `start_seq` (nothing before it can be resumed).
-    pub fn new(config: LiveConfig, start_seq: u64) -> Self {
+    pub fn new(config: LiveConfig, start_seq: u64, stats: Arc<crate::stats::Stats>) -> Self {
         Self {
             config,
             by_key: RwLock::new(HashMap::new()),
@@ -305,6 +307,7 @@ impl LiveManager {
             }),
             queued: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            stats,
         }
     }
 
@@ -447,6 +450,9 @@ impl LiveManager {
         self.by_id
             .write()
             .insert(id, (Arc::clone(&sub), Arc::new(info)));
+        self.stats
+            .live_queries_active
+            .fetch_add(1, Ordering::Relaxed);
         SubscriptionHandle {
             manager: Arc::clone(self),
             sub,
@@ -458,6 +464,9 @@ impl LiveManager {
         if self.by_id.write().remove(&sub.id).is_none() {
             return;
         }
+        self.stats
+            .live_queries_active
+            .fetch_sub(1, Ordering::Relaxed);
         {
             let mut by_key = self.by_key.write();
             let key = (sub.table_id, Arc::clone(&sub.partition));
@@ -545,7 +554,13 @@ impl LiveManager {
         if sent {
             sub.queued_bytes.fetch_add(d.bytes, Ordering::AcqRel);
             self.queued.fetch_add(d.bytes, Ordering::AcqRel);
+            self.stats
+                .notifications_sent
+                .fetch_add(1, Ordering::Relaxed);
         } else {
+            self.stats
+                .notifications_lagged
+                .fetch_add(1, Ordering::Relaxed);
             sub.finish(LiveEnd::Lagged {
                 last_seq: sub.last_seq.load(Ordering::Acquire),
             });

@@ -5,20 +5,24 @@
 //!
 //! # Layout
 //! - [`auth_layer`]: rejects calls without valid credentials before anything is decoded.
-//! - [`config`]: flags and `KALAM_*` environment variables.
+//! - [`config`]: flags, `KALAM_*` environment variables and the `--config` TOML file.
+//! - [`metrics`]: the RPC metrics layer and the Prometheus `/metrics` endpoint.
 //! - [`status`]: the one mapping from core errors to gRPC status codes.
 //! - [`service`]: the `FlightSqlService` implementation.
 //! - [`prepared`]: prepared-statement handles (bounded, owned, expiring).
 //! - [`running`]: in-flight DoGet streams, for `CancelFlightInfo`.
 //! - [`metadata`]: `GetSqlInfo` / `GetXdbcTypeInfo` data.
-//! - [`server`]: start-up (catalog, root bootstrap, listener) and graceful shutdown.
+//! - [`tls`]: the TLS listener (rustls), which answers plaintext clients with a clear status.
+//! - [`server`]: start-up (catalog, root bootstrap, listeners, TLS) and graceful shutdown.
 
 pub mod auth_layer;
 pub mod config;
 mod live;
 pub mod metadata;
+pub mod metrics;
 pub mod prepared;
 pub mod running;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod tls;

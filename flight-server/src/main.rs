@@ -1,7 +1,6 @@
 //! `kalam-server` binary.
 
-use clap::Parser;
-use kalam_server::config::Config;
+use kalam_server::config::{Config, ConfigError};
 
 fn main() -> std::process::ExitCode {
     tune_allocator();
@@ -11,7 +10,14 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = Config::parse();
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(ConfigError::Args(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("kalam-server: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,7 +15,9 @@ use tokio::net::TcpListener;
 
 use crate::auth_layer::AuthLayer;
 use crate::config::Config;
+use crate::metrics::{self, MetricsLayer, RpcMetrics};
 use crate::service::KalamFlightService;
+use crate::tls;
 
 /// Largest inbound message (ingest and parameter batches from ADBC reach 16 MiB).
 pub const MAX_DECODING_MESSAGE: usize = 64 << 20;
@@ -24,15 +26,12 @@ pub const MAX_ENCODING_MESSAGE: usize = 64 << 20;
 
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    if config.config.is_some() {
-        bail!("--config files are not supported by this build yet; use flags or KALAM_* variables");
-    }
-    if config.metrics_listen.is_some() {
-        bail!("--metrics-listen is not supported by this build yet");
-    }
-    if config.tls_cert.is_some() || config.tls_key.is_some() {
-        bail!("TLS (--tls-cert/--tls-key) is not supported by this build yet");
-    }
+    // Read the TLS files before anything else, so a bad one fails fast and clearly.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key must be given together"),
+    };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&config.data_dir)?;
@@ -56,7 +55,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(2),
         write_buffer_limit: config.write_buffer_limit,
-        live: kalam_core::live::LiveConfig::default(),
+        live: kalam_core::live::LiveConfig {
+            max_per_connection: MAX_STREAMS_PER_CONNECTION as usize,
+            ..kalam_core::live::LiveConfig::default()
+        },
     };
     let (wal, entries) = Wal::open(&data_dir.join("wal"), DEFAULT_SEGMENT_BYTES)?;
     let max_seq = kalam_core::engine::recover(&catalog, &store, &entries).await?;
@@ -76,31 +78,63 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Tokens stay valid across restarts: the signing key lives in the data directory.
     let key = load_or_create_key(&data_dir.join("token.key"))?;
     let auth = Arc::new(Authenticator::with_key(catalog, auth_config, key));
+    let rpc_metrics = Arc::new(RpcMetrics::new(Arc::clone(engine.stats())));
+    // Owned here and aborted on return: the endpoint lives exactly as long as the server.
+    let _metrics_task = match config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            let addr = listener.local_addr()?;
+            println!("metrics listening on {addr}");
+            let task = tokio::spawn(metrics::serve(
+                listener,
+                Arc::clone(&rpc_metrics),
+                Arc::clone(&engine),
+            ));
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     let service = KalamFlightService::new(engine, Arc::clone(&auth));
 
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    // Small request/response messages: without TCP_NODELAY, Nagle + delayed ACK add ~40 ms.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(std::time::Duration::from_secs(60)));
     // Tests and scripts wait for this exact line.
     println!("listening on {addr}");
-    tracing::info!(%addr, storage = %url, "KalamFlight started");
+    tracing::info!(%addr, storage = %url, tls = tls.is_some(), "KalamFlight started");
 
     let svc = FlightServiceServer::new(service)
         .max_decoding_message_size(MAX_DECODING_MESSAGE)
         .max_encoding_message_size(MAX_ENCODING_MESSAGE);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = tonic::transport::Server::builder()
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    // The metrics layer is outermost, so calls refused by the auth layer are counted too.
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        // Live queries are long-lived streams: allow as many per connection as the live-query
+        // per-connection limit (hyper's default is 200).
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .layer(MetricsLayer::new(rpc_metrics))
         .layer(AuthLayer::new(auth))
-        .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
+        .add_service(svc);
+    let serve: futures::future::BoxFuture<'_, Result<(), tonic::transport::Error>> = match tls {
+        Some(tls) => {
+            Box::pin(router.serve_with_incoming_shutdown(tls::incoming(listener, tls), stopped))
+        }
+        None => {
+            // Small request/response messages: without TCP_NODELAY, Nagle + delayed ACK add
+            // ~40 ms.
+            let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(std::time::Duration::from_secs(60)));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+    };
     let mut serve = std::pin::pin!(serve);
     tokio::select! {
         res = &mut serve => res?,
@@ -117,6 +151,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("KalamFlight stopped");
     Ok(())
 }
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Concurrent HTTP/2 streams per client connection (= live queries per connection).
+const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
 
 /// How long shutdown waits for in-flight calls.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

@@ -34,6 +34,7 @@ use kalam_core::auth::{Authenticator, decode_basic};
 use kalam_core::context::ExecutionContext;
 use kalam_core::engine::{Described, Engine, IngestMode, Output};
 use kalam_core::provider::{CATALOG_NAME, TableView};
+use kalam_core::stats::Stats;
 use kalam_core::{Error, catalog::SYSTEM_NAMESPACE};
 use prost::Message;
 use tonic::metadata::MetadataValue;
@@ -144,19 +145,31 @@ fn with_endpoint(info: FlightInfo, ticket: Bytes, descriptor: FlightDescriptor) 
 }
 
 /// Encodes a batch stream as Flight data. Errors after data has been sent still reach the client.
+/// Rows and bytes sent are counted in `stats`.
 fn encode(
     schema: SchemaRef,
     batches: datafusion::execution::SendableRecordBatchStream,
     request_id: Arc<str>,
+    stats: &Arc<Stats>,
 ) -> BoxStream<FlightData> {
     let rid = Arc::clone(&request_id);
-    let input = batches.map_err(move |e| FlightError::Tonic(Box::new(datafusion_status(e, &rid))));
+    let rows = Arc::clone(stats);
+    let input = batches
+        .inspect_ok(move |b| Stats::add(&rows.rows_streamed, b.num_rows() as u64))
+        .map_err(move |e| FlightError::Tonic(Box::new(datafusion_status(e, &rid))));
+    let bytes = Arc::clone(stats);
     let out = FlightDataEncoderBuilder::new()
         .with_schema(schema)
         .build(input)
         .map_err(|e| match e {
             FlightError::Tonic(s) => *s,
             other => Status::internal(format!("encoding failed: {other}")),
+        })
+        .inspect_ok(move |d| {
+            Stats::add(
+                &bytes.bytes_streamed,
+                (d.data_header.len() + d.data_body.len()) as u64,
+            )
         });
     Box::pin(out)
 }
@@ -285,7 +298,12 @@ impl KalamFlightService {
             .await
             .map_err(|e| caller.status(e))?;
         Ok(match out {
-            Output::Stream(s) => encode(s.schema(), s, Arc::clone(&caller.exec.request_id)),
+            Output::Stream(s) => encode(
+                s.schema(),
+                s,
+                Arc::clone(&caller.exec.request_id),
+                self.engine.stats(),
+            ),
             Output::Affected(_) => one_batch(RecordBatch::new_empty(Arc::new(Schema::empty()))),
         })
     }

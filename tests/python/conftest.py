@@ -7,6 +7,7 @@ on 127.0.0.1:0; the port is read from its `listening on 127.0.0.1:PORT` line on 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -17,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import pyarrow.flight as flight
 import pytest
@@ -26,6 +28,7 @@ from kalam_testing import MESSAGES_DDL, Tenant, adbc_connect, run, unique
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_SECONDS = 60
 SHUTDOWN_TIMEOUT_SECONDS = 60
+# `match` (anchored at the start): the `metrics listening on ...` line must not match.
 LISTENING = re.compile(r"listening on (\S+):(\d+)\s*$")
 
 
@@ -64,10 +67,11 @@ class KalamServer:
     data_dir: Path
     log_path: Path
     stdout_lines: list = field(default_factory=list)
+    scheme: str = "grpc"
 
     @property
     def uri(self) -> str:
-        return f"grpc://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def log_tail(self, lines: int = 60) -> str:
         stderr = self.log_path.read_text(errors="replace").splitlines()[-lines:]
@@ -95,10 +99,11 @@ def _pump_stdout(stream, lines: list, events: queue.Queue) -> None:
     events.put(None)
 
 
-@pytest.fixture(scope="session")
-def kalam_server(tmp_path_factory) -> KalamServer:
+@contextlib.contextmanager
+def running_server(workdir: Path, extra_args: Sequence[str] = (), scheme: str = "grpc"):
+    """Start kalam-server (data under `workdir`) with `extra_args`, yield it, stop it with
+    SIGTERM and check it exited 0."""
     binary = _server_binary()
-    workdir = tmp_path_factory.mktemp("kalam-server")
     data_dir = workdir / "data"
     log_path = workdir / "server.stderr.log"
     password = "root-" + secrets.token_urlsafe(18)
@@ -111,7 +116,7 @@ def kalam_server(tmp_path_factory) -> KalamServer:
 
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(binary), "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+            [str(binary), "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *extra_args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -144,7 +149,7 @@ def kalam_server(tmp_path_factory) -> KalamServer:
                 f"kalam-server {reason}\n--- stdout ---\n" + "\n".join(lines) + f"\n--- stderr ---\n{stderr}",
                 pytrace=False,
             )
-        match = LISTENING.search(line)
+        match = LISTENING.match(line)
         if match:
             server = KalamServer(
                 process=process,
@@ -154,6 +159,7 @@ def kalam_server(tmp_path_factory) -> KalamServer:
                 data_dir=data_dir,
                 log_path=log_path,
                 stdout_lines=lines,
+                scheme=scheme,
             )
 
     yield server
@@ -173,6 +179,12 @@ def kalam_server(tmp_path_factory) -> KalamServer:
     assert process.returncode == 0, (
         f"kalam-server exited with {process.returncode} after SIGTERM (expected 0)\n{server.log_tail()}"
     )
+
+
+@pytest.fixture(scope="session")
+def kalam_server(tmp_path_factory) -> KalamServer:
+    with running_server(tmp_path_factory.mktemp("kalam-server")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -20,8 +20,62 @@ pub struct TestServer {
     child: Option<Child>,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    /// `127.0.0.1:PORT` of the metrics endpoint, if `--metrics-listen` was given.
+    pub metrics_addr: Option<String>,
+    /// CA certificate (PEM) the clients trust; set when the server serves TLS.
+    pub tls_ca_pem: Option<String>,
     /// Holds the data directory until the server is gone.
     pub data_dir: tempfile::TempDir,
+}
+
+/// A test CA and a server certificate it signed, for `localhost` and `127.0.0.1`, written
+/// as PEM files into a temporary directory.
+pub struct TestCerts {
+    /// The CA certificate (PEM) clients should trust.
+    pub ca_pem: String,
+    /// Server certificate file (PEM), for `--tls-cert`.
+    pub cert_path: PathBuf,
+    /// Server private key file (PEM, PKCS#8), for `--tls-key`.
+    pub key_path: PathBuf,
+    /// Holds the files.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    /// Generates a fresh CA and server certificate.
+    pub fn generate() -> Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kalam test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+        let leaf_key = KeyPair::generate()?;
+        let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?
+            .signed_by(&leaf_key, &ca)?;
+        let dir = tempfile::tempdir()?;
+        let cert_path = dir.path().join("server.pem");
+        let key_path = dir.path().join("server.key");
+        std::fs::write(&cert_path, leaf.pem())?;
+        std::fs::write(&key_path, leaf_key.serialize_pem())?;
+        Ok(Self {
+            ca_pem: ca.pem(),
+            cert_path,
+            key_path,
+            dir,
+        })
+    }
+
+    /// `--tls-cert F --tls-key F`.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert_path.display().to_string(),
+            "--tls-key".into(),
+            self.key_path.display().to_string(),
+        ]
+    }
 }
 
 fn server_bin() -> Result<PathBuf> {
@@ -58,6 +112,30 @@ impl TestServer {
 
     /// Starts a server over an existing data directory (restart tests).
     pub fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Result<Self> {
+        Self::start_in_env(data_dir, extra_args, &[])
+    }
+
+    /// Starts a server with default flags plus `extra_args` and extra environment variables.
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_in_env(tempfile::tempdir()?, extra_args, env)
+    }
+
+    /// Starts a server serving TLS with a fresh test certificate; its clients trust the CA.
+    pub fn start_tls(extra_args: &[&str]) -> Result<(Self, TestCerts)> {
+        let certs = TestCerts::generate()?;
+        let mut args: Vec<String> = certs.args();
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut server = Self::start_with(&args)?;
+        server.tls_ca_pem = Some(certs.ca_pem.clone());
+        Ok((server, certs))
+    }
+
+    fn start_in_env(
+        data_dir: tempfile::TempDir,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut child = Command::new(server_bin()?)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
@@ -67,6 +145,7 @@ impl TestServer {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -74,14 +153,18 @@ impl TestServer {
         let stdout = child.stdout.take().context("no stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            // The metrics line, if any, comes before the main one.
+            let mut metrics = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
+                if let Some(addr) = line.strip_prefix("metrics listening on ") {
+                    metrics = Some(addr.trim().to_string());
+                } else if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send((addr.trim().to_string(), metrics.take()));
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        let (addr, metrics_addr) = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -91,13 +174,82 @@ impl TestServer {
         Ok(Self {
             child: Some(child),
             addr,
+            metrics_addr,
+            tls_ca_pem: None,
             data_dir,
         })
     }
 
-    /// `grpc://127.0.0.1:PORT`.
+    /// Runs the server with `extra_args` expecting it to refuse to start; returns its exit
+    /// code and stderr.
+    pub fn start_expecting_failure(
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<(i32, String)> {
+        let data_dir = tempfile::tempdir()?;
+        let mut child = Command::new(server_bin()?)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .args(extra_args)
+            .env("KALAM_ROOT_PASSWORD", ROOT_PASSWORD)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning kalam-server")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    std::io::Read::read_to_string(&mut e, &mut stderr)?;
+                }
+                return Ok((status.code().unwrap_or(-1), stderr));
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("kalam-server kept running; expected it to refuse to start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `grpc://127.0.0.1:PORT`, or `grpc+tls://localhost:PORT` when the server serves TLS.
     pub fn url(&self) -> String {
-        format!("grpc://{}", self.addr)
+        match &self.tls_ca_pem {
+            Some(_) => format!("grpc+tls://{}", self.addr),
+            None => format!("grpc://{}", self.addr),
+        }
+    }
+
+    /// `GET path` on the metrics endpoint: (HTTP status code, body).
+    pub fn scrape(&self, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let addr = self.metrics_addr.as_ref().context("no --metrics-listen")?;
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("no end of HTTP head")?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status")?;
+        Ok((code, body.to_string()))
+    }
+
+    /// The value of one series (exact name with labels) on `/metrics`.
+    pub fn metric(&self, series: &str) -> Result<f64> {
+        let (code, body) = self.scrape("/metrics")?;
+        if code != 200 {
+            bail!("GET /metrics answered {code}");
+        }
+        Ok(metric_value(&body, series).unwrap_or(0.0))
     }
 
     /// The server's process id.
@@ -119,7 +271,11 @@ impl TestServer {
 
     /// A client logged in as `user`.
     pub async fn client(&self, user: &str, password: &str) -> Result<kalam_client::KalamClient> {
-        let mut c = kalam_client::KalamClient::connect(&self.url()).await?;
+        let mut options = kalam_client::ConnectOptions::new();
+        if let Some(ca) = &self.tls_ca_pem {
+            options = options.ca_certificate_pem(ca.as_bytes());
+        }
+        let mut c = kalam_client::KalamClient::connect_with(&self.url(), &options).await?;
         c.login(user, password).await?;
         Ok(c)
     }
@@ -159,6 +315,15 @@ impl TestServer {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The value of `series` (name and labels exactly as printed) in a Prometheus text page;
+/// `None` if absent.
+pub fn metric_value(page: &str, series: &str) -> Option<f64> {
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }
 
 impl Drop for TestServer {

@@ -23,10 +23,10 @@ use futures::{Stream, StreamExt, TryStreamExt, stream};
 use prost::Message;
 use tonic::Request;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::auth::{self, AUTHORIZATION};
-use crate::endpoint::http_uri;
+use crate::endpoint::{ConnectOptions, parse_url};
 use crate::error::{Error, Result};
 use crate::ingest::IngestMode;
 use crate::prepared::PreparedStatement;
@@ -65,22 +65,50 @@ struct Token {
 }
 
 impl KalamClient {
-    /// Connects to `url` (`grpc://host:port` or `http://host:port`) without logging in.
-    ///
-    /// TLS URLs (`grpc+tls://`, `https://`) fail with [`Error::TlsNotSupported`].
+    /// Connects to `url` without logging in: `grpc://host:port` (or `http://`) for plaintext,
+    /// `grpc+tls://host:port` (or `https://`) for TLS verified against the system's trusted
+    /// roots. To trust a private CA, use [`connect_with`](Self::connect_with).
     pub async fn connect(url: &str) -> Result<Self> {
-        let uri = http_uri(url)?;
+        Self::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// Like [`connect`](Self::connect), with TLS options (a CA certificate to trust, the name
+    /// to verify). TLS options on a plaintext URL are refused with [`Error::InvalidTls`].
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self> {
+        let target = parse_url(url)?;
         let connect_error = |source| Error::Connect {
             url: url.to_owned(),
             source,
         };
-        let channel = Endpoint::from_shared(uri)
+        let mut endpoint = Endpoint::from_shared(target.uri)
             .map_err(connect_error)?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(connect_error)?;
+            .tcp_nodelay(true);
+        if target.tls {
+            let mut tls = ClientTlsConfig::new();
+            tls = match &options.ca_certificate_pem {
+                Some(pem) => {
+                    if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
+                        return Err(Error::InvalidTls {
+                            url: url.to_owned(),
+                            reason: "the CA certificate is not a PEM certificate".into(),
+                        });
+                    }
+                    tls.ca_certificate(Certificate::from_pem(pem))
+                }
+                None => tls.with_native_roots(),
+            };
+            if let Some(name) = &options.tls_domain_name {
+                tls = tls.domain_name(name.clone());
+            }
+            endpoint = endpoint.tls_config(tls).map_err(connect_error)?;
+        } else if options.is_tls() {
+            return Err(Error::InvalidTls {
+                url: url.to_owned(),
+                reason: "TLS options need a grpc+tls:// or https:// URL".into(),
+            });
+        }
+        let channel = endpoint.connect().await.map_err(connect_error)?;
         Ok(Self::from_channel(channel))
     }
 

@@ -22,14 +22,16 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The URL asks for TLS (`grpc+tls://` or `https://`), which this client cannot speak yet.
-    #[error("TLS is not supported yet (URL '{url}'); use grpc://host:port or http://host:port")]
-    TlsNotSupported {
+    /// TLS options were given for a plaintext URL, or the CA certificate is not valid PEM.
+    #[error("invalid TLS configuration for '{url}': {reason}")]
+    InvalidTls {
         /// The URL as given.
         url: String,
+        /// What is wrong.
+        reason: String,
     },
 
-    /// The TCP/HTTP2 connection to the server could not be established.
+    /// The TCP/HTTP2 (or TLS) connection to the server could not be established.
     #[error("cannot connect to '{url}'")]
     Connect {
         /// The URL as given.

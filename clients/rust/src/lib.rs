@@ -32,7 +32,8 @@
 //!   upload instead of truncating it.
 //! - [`Error`]: one error enum; server errors keep their gRPC code ([`Error::code`]).
 //!
-//! TLS is not supported yet: `grpc+tls://` and `https://` URLs are refused.
+//! TLS: `grpc+tls://host:port` verifies the server against the system roots, or against a CA
+//! given with [`ConnectOptions::ca_certificate_pem`] and [`KalamClient::connect_with`].
 
 mod auth;
 mod client;
@@ -46,6 +47,7 @@ mod stream;
 pub use arrow_flight::{CancelStatus, FlightInfo};
 
 pub use crate::client::KalamClient;
+pub use crate::endpoint::ConnectOptions;
 pub use crate::error::{Error, Result};
 pub use crate::ingest::IngestMode;
 pub use crate::live::{EventKind, LiveEvent, SubscribeOptions, Subscription};

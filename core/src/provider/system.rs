@@ -17,7 +17,6 @@ use datafusion::physical_plan::ExecutionPlan;
 use super::RequestEnv;
 use crate::catalog::TableKind;
 use crate::context::{ExecutionContext, Role};
-use crate::stats::Stats;
 
 /// The system tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,30 +197,12 @@ impl SystemTable {
                 ]
             }
             SystemTable::Stats => {
-                let st = &env.stats;
-                let pairs: Vec<(&str, i64)> = vec![
-                    (
-                        "session_contexts_created",
-                        Stats::get(&st.session_contexts_created) as i64,
-                    ),
-                    ("queries_started", Stats::get(&st.queries_started) as i64),
-                    (
-                        "statements_executed",
-                        Stats::get(&st.statements_executed) as i64,
-                    ),
-                    ("rows_written", Stats::get(&st.rows_written) as i64),
-                    ("flushes", Stats::get(&st.flushes) as i64),
-                    ("compactions", Stats::get(&st.compactions) as i64),
-                    ("files_written", Stats::get(&st.files_written) as i64),
-                    ("write_stalls", Stats::get(&st.write_stalls) as i64),
-                    ("store_reads", Stats::get(&st.store.reads) as i64),
-                    ("store_bytes_read", Stats::get(&st.store.bytes_read) as i64),
-                    ("live_queries_active", env.live.len() as i64),
-                    ("write_buffer_bytes", env.catalog.buffer_bytes() as i64),
-                    ("memory_pool_used_bytes", env.memory_pool.reserved() as i64),
-                    ("tables", env.catalog.table_count() as i64),
-                    ("users", env.catalog.user_count() as i64),
-                ];
+                let figures =
+                    crate::stats::key_figures(&env.stats, &env.catalog, env.memory_pool.as_ref());
+                let pairs: Vec<(&str, i64)> = figures
+                    .iter()
+                    .map(|f| (f.name, i64::try_from(f.value).unwrap_or(i64::MAX)))
+                    .collect();
                 vec![
                     s(pairs.iter().map(|(n, _)| n.to_string())),
                     Arc::new(Int64Array::from_iter_values(pairs.iter().map(|(_, v)| *v))),

@@ -3,10 +3,13 @@
 //! linking is the slow step.
 
 mod common;
+mod config;
 mod errors;
 mod isolation;
 mod live;
+mod metrics;
 mod protocol;
 mod roles;
 mod scale;
 mod storage;
+mod tls;
