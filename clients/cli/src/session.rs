@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::Schema;
+use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use kalam_client::{Error, KalamClient};
 use tokio::runtime::Runtime;
@@ -237,7 +238,14 @@ impl Session {
             Ok(()) => {
                 let sink = match sink {
                     Some(sink) => sink,
-                    None => Sink::open(format, &mut self.settings.destination, &announced)?,
+                    None => {
+                        // No rows: an empty batch still gives CSV its header and files
+                        // their schema.
+                        let mut sink =
+                            Sink::open(format, &mut self.settings.destination, &announced)?;
+                        sink.write(&RecordBatch::new_empty(announced), &mut || {})?;
+                        sink
+                    }
                 };
                 sink.finish(&mut || {})?;
                 self.footer(rows, started);

@@ -442,9 +442,10 @@ async fn cli_interactive_session_through_a_terminal() {
     // \dt lists the tables this user may see.
     pty.send("\\dt app\r");
     let listing = pty.expect("kalam> ");
-    for table in ["| app       | m       |", "| app       | rooms   |"] {
+    for table in ["| app       | m     |", "| app       | rooms |"] {
         assert!(listing.contains(table), "{table} missing from {listing:?}");
     }
+    assert!(!listing.contains("secret"), "a PRIVATE table is listed: {listing:?}");
 
     // An error is one line, and the shell goes on.
     pty.send("SELECT * FROM app.nope;\r");
