@@ -110,7 +110,10 @@ async fn cli_sql_error_exits_1_with_one_error_line() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("ERROR: INVALID_ARGUMENT: "), "{err}");
+    assert!(
+        err.starts_with("ERROR: INVALID_ARGUMENT: sql parser error: "),
+        "{err}"
+    );
     // A meta-command's error too.
     let out = kalam(&f.server.url(), "u_a", PW, &["-c", "\\du"]);
     assert_eq!(out.status.code(), Some(1));
@@ -298,7 +301,7 @@ impl Pty {
     fn spawn(mut command: Command) -> Pty {
         let mut master = -1;
         let mut slave = -1;
-        let mut size = libc::winsize {
+        let size = libc::winsize {
             ws_row: 50,
             ws_col: 250,
             ws_xpixel: 0,
@@ -311,7 +314,7 @@ impl Pty {
                 &mut slave,
                 std::ptr::null_mut(),
                 std::ptr::null(),
-                &mut size,
+                &size,
             )
         };
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
@@ -445,7 +448,10 @@ async fn cli_interactive_session_through_a_terminal() {
     for table in ["| app       | m     |", "| app       | rooms |"] {
         assert!(listing.contains(table), "{table} missing from {listing:?}");
     }
-    assert!(!listing.contains("secret"), "a PRIVATE table is listed: {listing:?}");
+    assert!(
+        !listing.contains("secret"),
+        "a PRIVATE table is listed: {listing:?}"
+    );
 
     // An error is one line, and the shell goes on.
     pty.send("SELECT * FROM app.nope;\r");
