@@ -88,6 +88,25 @@ async fn cli_one_shot_prints_a_table_and_footer() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("| 4 |"), "{}", stdout(&out));
+    // The table format prints a table per 1000 rows instead of holding the whole result.
+    let out = kalam(
+        &f.server.url(),
+        "u_a",
+        PW,
+        &["-c", "SELECT value FROM range(0, 2500)"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.matches("| value |").count(), 3, "three chunks");
+    let values = text
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| value"))
+        .count();
+    assert_eq!(values, 2500);
+    assert!(
+        text.ends_with(" ms)\n") && text.contains("(2500 rows, "),
+        "one footer"
+    );
 }
 
 #[tokio::test]
