@@ -21,6 +21,9 @@ pub(crate) enum Failure {
     Cancelled,
     /// Usage, connection or authentication failure (exit code 2).
     Fatal(String),
+    /// The server no longer accepts the bearer token (it expired, or the server restarted
+    /// with a new key) and the statement did not run; [`Session::run`] logs in again.
+    TokenRejected(String),
 }
 
 impl Failure {
@@ -28,14 +31,16 @@ impl Failure {
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Failure::Sql(_) | Failure::Cancelled => 1,
-            Failure::Fatal(_) => 2,
+            Failure::Fatal(_) | Failure::TokenRejected(_) => 2,
         }
     }
 
     /// Prints the one-line message on stderr.
     pub(crate) fn report(&self) {
         match self {
-            Failure::Sql(message) | Failure::Fatal(message) => eprintln!("ERROR: {message}"),
+            Failure::Sql(message) | Failure::Fatal(message) | Failure::TokenRejected(message) => {
+                eprintln!("ERROR: {message}")
+            }
             Failure::Cancelled => eprintln!("ERROR: CANCELLED: query cancelled"),
         }
     }
@@ -137,6 +142,9 @@ pub(crate) struct Session {
     pub(crate) client: KalamClient,
     pub(crate) settings: Settings,
     runtime: Arc<Runtime>,
+    /// Kept to log in again when the token expires (a shell may stay open for days).
+    user: String,
+    password: String,
 }
 
 /// Connects to `url` and logs in as `user`.
@@ -157,14 +165,27 @@ pub(crate) fn connect(
         client,
         settings,
         runtime: Arc::clone(runtime),
+        user: user.to_owned(),
+        password: password.to_owned(),
     })
 }
 
 impl Session {
     /// Runs one statement and prints its result in the current format.
+    ///
+    /// If the server rejects the token before the statement ran, logs in again and retries
+    /// once.
     pub(crate) fn run(&mut self, sql: &str) -> Result<(), Failure> {
         let runtime = Arc::clone(&self.runtime);
-        runtime.block_on(self.run_async(sql))
+        match runtime.block_on(self.run_async(sql)) {
+            Err(Failure::TokenRejected(_)) => {
+                runtime
+                    .block_on(self.client.login(&self.user, &self.password))
+                    .map_err(|e| Failure::Fatal(describe(&e)))?;
+                runtime.block_on(self.run_async(sql))
+            }
+            result => result,
+        }
     }
 
     async fn run_async(&mut self, sql: &str) -> Result<(), Failure> {
@@ -172,7 +193,11 @@ impl Session {
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
         let info = tokio::select! {
-            info = self.client.query_info(sql) => info.map_err(|e| failure(&e))?,
+            info = self.client.query_info(sql) => info.map_err(|e| match e.code() {
+                // Nothing ran yet: safe to log in again and retry.
+                Some(kalam_client::Code::Unauthenticated) => Failure::TokenRejected(describe(&e)),
+                _ => failure(&e),
+            })?,
             _ = &mut ctrl_c => return Err(Failure::Cancelled),
         };
         if info.schema.is_empty() {

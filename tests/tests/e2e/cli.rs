@@ -516,3 +516,28 @@ async fn cli_interactive_session_through_a_terminal() {
     assert!(history.contains("SELECT 40 + 2 AS answer;"), "{history}");
     assert!(history.contains("\\dt app"), "{history}");
 }
+
+#[tokio::test]
+async fn cli_logs_in_again_when_its_token_expires() {
+    let server = kalam_tests::TestServer::start_with(&["--token-ttl-secs", "1"]).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut command = Command::new(kalam_tests::cli_bin().unwrap());
+    command
+        .args(["--url", &server.url(), "-u", "root"])
+        .env("KALAM_PASSWORD", kalam_tests::ROOT_PASSWORD)
+        .env("HOME", home.path())
+        .env("TERM", "xterm");
+    let mut pty = Pty::spawn(command);
+    pty.expect("kalam> ");
+    pty.send("SELECT 1 AS one;\r");
+    pty.expect("(1 row, ");
+    pty.expect("kalam> ");
+    // Not synchronisation: the token must be older than its 1 s lifetime.
+    std::thread::sleep(Duration::from_millis(2500));
+    pty.send("SELECT 2 AS two;\r");
+    let result = pty.expect("kalam> ");
+    assert!(result.contains("| 2   |"), "{result:?}");
+    assert!(!result.contains("ERROR"), "{result:?}");
+    pty.send("\\q\r");
+    assert_eq!(pty.wait(), Some(0));
+}
