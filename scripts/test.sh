@@ -25,8 +25,9 @@ VENV=${VENV:-$HOME/.cache/kalam-venv}
 echo "==> cargo build --workspace --bins"
 cargo build --workspace --bins
 
-# End-to-end tests (Rust and Python) start this binary.
+# End-to-end tests (Rust and Python) start this binary; the Rust ones also run the CLI.
 export KALAM_SERVER_BIN=$SERVER_BIN
+export KALAM_CLI_BIN=$TARGET_DIR/debug/kalam
 
 echo "==> Rust tests"
 rust_status=0

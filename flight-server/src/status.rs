@@ -66,7 +66,11 @@ pub fn datafusion_status(err: DataFusionError, request_id: &str) -> Status {
         core => return to_status(core, request_id),
     };
     let root = err.find_root();
-    let msg = root.message().to_string();
+    let msg = match root {
+        // DataFusion renders parser errors with `{:?}` (`ParserError("…")`); use Display.
+        DataFusionError::SQL(e, _) => e.to_string(),
+        _ => root.message().to_string(),
+    };
     match root {
         DataFusionError::Plan(_)
         | DataFusionError::SQL(..)

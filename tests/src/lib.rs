@@ -2,7 +2,8 @@
 //! `127.0.0.1:0` with a fresh data directory, connect real clients, stop it gracefully.
 //!
 //! The binary is `$KALAM_SERVER_BIN`, or `kalam-server` next to the test executable's target
-//! directory (`cargo build --bins` first; `scripts/test.sh` does).
+//! directory (`cargo build --bins` first; `scripts/test.sh` does); the CLI likewise
+//! ([`cli_bin`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -79,19 +80,30 @@ impl TestCerts {
 }
 
 fn server_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("KALAM_SERVER_BIN") {
+    built_bin("KALAM_SERVER_BIN", "kalam-server")
+}
+
+/// The `kalam` CLI binary: `$KALAM_CLI_BIN`, or `kalam` next to the test executable's target
+/// directory (`cargo build --bins` first; `scripts/test.sh` does).
+pub fn cli_bin() -> Result<PathBuf> {
+    built_bin("KALAM_CLI_BIN", "kalam")
+}
+
+/// `$env` if set, else the binary `name` in the target directory of the running test.
+fn built_bin(env: &str, name: &str) -> Result<PathBuf> {
+    if let Ok(p) = std::env::var(env) {
         return Ok(PathBuf::from(p));
     }
-    // target/debug/deps/e2e-xxxx → target/debug/kalam-server
+    // target/debug/deps/e2e-xxxx → target/debug/<name>
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()
         .and_then(|d| d.parent())
         .context("cannot locate target dir")?;
-    let bin = dir.join("kalam-server");
+    let bin = dir.join(name);
     if !bin.exists() {
         bail!(
-            "{} not found: run `cargo build --bins` or set KALAM_SERVER_BIN",
+            "{} not found: run `cargo build --bins` or set {env}",
             bin.display()
         );
     }

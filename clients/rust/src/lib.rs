@@ -45,6 +45,8 @@ mod prepared;
 mod stream;
 
 pub use arrow_flight::{CancelStatus, FlightInfo};
+/// The gRPC status code of a server error ([`Error::code`]).
+pub use tonic::Code;
 
 pub use crate::client::KalamClient;
 pub use crate::endpoint::ConnectOptions;
