@@ -57,9 +57,9 @@ pub struct Stats {
     /// Reads of table files from the object store.
     pub store: Arc<kalam_storage::counting::StoreStats>,
     /// Job ids handed out.
-    job_seq: AtomicU64,
+    pub(crate) job_seq: AtomicU64,
     /// Recent jobs, bounded by [`JOB_HISTORY`].
-    jobs: Mutex<VecDeque<JobRecord>>,
+    pub(crate) jobs: Mutex<VecDeque<JobRecord>>,
     /// Live-query notifications (change batches) sent to subscribers.
     pub notifications_sent: AtomicU64,
     /// Live-query notifications a subscriber fell behind on (caught up from the log or ended).
