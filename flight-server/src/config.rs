@@ -22,9 +22,27 @@ pub struct Config {
     /// Configuration file (not supported by this build; refused if given).
     #[arg(long, env = "KALAM_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Object store root: file:///dir, memory:// (default: file://<data-dir>/store).
+    /// Object store root: file:///dir, memory://, s3://bucket/prefix, gs://bucket/prefix,
+    /// az://container/prefix (default: file://<data-dir>/store). S3 also reads the standard
+    /// AWS_* variables; the --s3-* flags override them. GCS reads GOOGLE_*, Azure AZURE_*.
     #[arg(long, env = "KALAM_STORAGE_URL")]
     pub storage_url: Option<String>,
+    /// S3 endpoint of an S3-compatible service, e.g. http://127.0.0.1:9000.
+    #[arg(long, env = "KALAM_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, else us-east-1).
+    #[arg(long, env = "KALAM_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// S3 access key id (default: AWS_ACCESS_KEY_ID).
+    #[arg(long, env = "KALAM_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    /// S3 secret access key (default: AWS_SECRET_ACCESS_KEY). Prefer the variable to the flag:
+    /// command lines are visible to other local users.
+    #[arg(long, env = "KALAM_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// Allow a plain-HTTP S3 endpoint (local emulators only).
+    #[arg(long, env = "KALAM_S3_ALLOW_HTTP")]
+    pub s3_allow_http: bool,
     /// Prometheus endpoint address (not supported by this build; refused if given).
     #[arg(long, env = "KALAM_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -40,6 +58,19 @@ pub struct Config {
     /// TLS private key (PEM).
     #[arg(long, env = "KALAM_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+}
+
+impl Config {
+    /// The S3 settings given on the command line or in `KALAM_S3_*`.
+    pub fn s3_options(&self) -> kalam_storage::store::S3Options {
+        kalam_storage::store::S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
+            allow_http: self.s3_allow_http,
+        }
+    }
 }
 
 /// Parses `123`, `64KiB`, `512MiB`, `2GiB` (also KB/MB/GB as powers of 1024).

@@ -7,5 +7,6 @@ mod errors;
 mod isolation;
 mod protocol;
 mod roles;
+mod s3;
 mod scale;
 mod storage;
