@@ -39,7 +39,7 @@ pub struct Config {
     /// S3 secret access key (default: AWS_SECRET_ACCESS_KEY). Prefer the variable to the flag:
     /// command lines are visible to other local users.
     #[arg(long, env = "KALAM_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
-    pub s3_secret_access_key: Option<String>,
+    pub s3_secret_access_key: Option<Secret>,
     /// Allow a plain-HTTP S3 endpoint (local emulators only).
     #[arg(long, env = "KALAM_S3_ALLOW_HTTP")]
     pub s3_allow_http: bool,
@@ -60,6 +60,24 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
 }
 
+/// A flag value that `Debug` never shows.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 impl Config {
     /// The S3 settings given on the command line or in `KALAM_S3_*`.
     pub fn s3_options(&self) -> kalam_storage::store::S3Options {
@@ -67,7 +85,7 @@ impl Config {
             endpoint: self.s3_endpoint.clone(),
             region: self.s3_region.clone(),
             access_key_id: self.s3_access_key_id.clone(),
-            secret_access_key: self.s3_secret_access_key.clone(),
+            secret_access_key: self.s3_secret_access_key.as_ref().map(|s| s.0.clone()),
             allow_http: self.s3_allow_http,
         }
     }
@@ -101,5 +119,20 @@ mod tests {
         assert_eq!(parse_size("512MiB"), Ok(512 << 20));
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("2XB").is_err());
+    }
+
+    #[test]
+    fn s3_secret_is_not_printed() {
+        let c = Config::parse_from([
+            "kalam-server",
+            "--s3-secret-access-key",
+            "hunter2",
+            "--s3-allow-http",
+        ]);
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let s3 = c.s3_options();
+        assert_eq!(s3.secret_access_key.as_deref(), Some("hunter2"));
+        assert!(s3.allow_http);
+        assert!(!format!("{s3:?}").contains("hunter2"));
     }
 }
