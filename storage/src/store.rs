@@ -213,5 +213,12 @@ mod tests {
         assert!(open("not a url", &none).is_err());
         // A cloud URL is only parsed here; nothing is contacted until the probe.
         assert!(open("s3://bucket/some/prefix", &none).is_ok());
+        assert!(open("gs://bucket/p", &none).is_ok());
+        // Azure needs an account (AZURE_STORAGE_ACCOUNT_NAME or the abfs host form).
+        if std::env::var_os("AZURE_STORAGE_ACCOUNT_NAME").is_none() {
+            let err = open("az://container/p", &none).unwrap_err().to_string();
+            assert!(err.contains("az://container/p"), "{err}");
+            assert!(err.contains("Account must be specified"), "{err}");
+        }
     }
 }
