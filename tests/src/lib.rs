@@ -62,10 +62,20 @@ impl TestServer {
 
     /// Starts a server over an existing data directory (restart tests).
     pub fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Result<Self> {
+        Self::start_env(data_dir, extra_args, &[])
+    }
+
+    /// Starts a server over `data_dir` with extra environment variables.
+    pub fn start_env(
+        data_dir: tempfile::TempDir,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut child = Command::new(server_bin()?)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
             .args(extra_args)
+            .envs(env.iter().copied())
             .env("KALAM_ROOT_PASSWORD", ROOT_PASSWORD)
             .env(
                 "RUST_LOG",

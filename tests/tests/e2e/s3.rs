@@ -114,6 +114,32 @@ async fn s3_storage_keeps_data_ddl_and_users_across_restart() {
     );
 }
 
+/// The standard AWS_* variables configure the store when no --s3-* flag is given, and
+/// KALAM_STORAGE_URL names it.
+#[tokio::test]
+async fn s3_settings_from_aws_environment_variables() {
+    let moto = Moto::start().unwrap();
+    moto.create_bucket("envbucket").unwrap();
+    let endpoint = moto.endpoint();
+    let server = TestServer::start_env(
+        tempfile::tempdir().unwrap(),
+        &[],
+        &[
+            ("KALAM_STORAGE_URL", "s3://envbucket/env"),
+            ("AWS_ENDPOINT", &endpoint),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", MOTO_KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", MOTO_SECRET),
+        ],
+    )
+    .unwrap();
+    let root = server.root().await.unwrap();
+    root.execute("CREATE NAMESPACE viaenv").await.unwrap();
+    let catalog = keys(&moto, "envbucket", "env/catalog/_log/");
+    assert!(!catalog.is_empty(), "catalog entries in S3: {catalog:?}");
+}
+
 #[tokio::test]
 async fn unusable_s3_store_refuses_to_start_with_one_line_naming_the_url() {
     let moto = Moto::start().unwrap();
