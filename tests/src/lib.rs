@@ -228,6 +228,18 @@ fn moto_bin() -> Result<PathBuf> {
     )
 }
 
+/// Runs moto's server entry point with werkzeug's `threaded` turned off.
+const MOTO_SINGLE_THREADED: &str = "\
+import sys
+import moto.server
+_run_simple = moto.server.run_simple
+def _single_threaded(*args, **kwargs):
+    kwargs['threaded'] = False
+    return _run_simple(*args, **kwargs)
+moto.server.run_simple = _single_threaded
+sys.exit(moto.server.main(sys.argv[1:]))
+";
+
 impl Moto {
     /// Starts moto and waits until it answers HTTP.
     pub fn start() -> Result<Self> {
@@ -237,13 +249,34 @@ impl Moto {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
             .local_addr()?
             .port();
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // moto checks If-None-Match and then writes, in Python: with its default threaded
+        // server two racing creates can both succeed, which real S3 never allows. Run it
+        // single-threaded (through the script's own interpreter) so each request is atomic.
+        let script =
+            std::fs::read_to_string(&bin).with_context(|| format!("reading {}", bin.display()))?;
+        let mut interpreter = script
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("#!"))
+            .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+            .filter(|words| !words.is_empty())
+            .with_context(|| format!("{} has no #! line naming its Python", bin.display()))?;
+        let program = interpreter.remove(0);
+        let child = Command::new(&program)
+            .args(&interpreter)
+            .args([
+                "-c",
+                MOTO_SINGLE_THREADED,
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?;
+            .with_context(|| format!("spawning {program} for {}", bin.display()))?;
         let mut moto = Self {
             child,
             addr: format!("127.0.0.1:{port}"),
