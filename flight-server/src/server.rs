@@ -39,7 +39,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .storage_url
         .clone()
         .unwrap_or_else(|| format!("file://{}", data_dir.join("store").display()));
-    let store = kalam_storage::store::open(&url)?;
+    let store = kalam_storage::store::open(&url, &config.s3_options())?;
     kalam_storage::store::probe_conditional_put(store.as_ref(), &url).await?;
 
     let accounting = Arc::new(BufferAccounting::default());

@@ -52,6 +52,7 @@ fn storage_status(err: kalam_storage::Error, request_id: &str) -> Status {
         | S::ObjectStore { .. }
         | S::CorruptLog { .. }
         | S::NoConditionalPut { .. }
+        | S::StoreUnavailable { .. }
         | S::CommitContention { .. }
         | S::WalCorrupt { .. }
         | S::Io { .. } => internal(&err.to_string(), request_id),

@@ -27,6 +27,10 @@ pub enum Error {
     #[error("object store at '{url}' does not support create-if-absent writes: {reason}")]
     NoConditionalPut { url: String, reason: String },
 
+    /// The object store could not be reached or refused the start-up probe.
+    #[error("cannot use object store at '{url}': {reason}")]
+    StoreUnavailable { url: String, reason: String },
+
     /// A commit kept losing races with other writers.
     #[error("gave up committing to '{path}' after {attempts} attempts")]
     CommitContention { path: String, attempts: u32 },

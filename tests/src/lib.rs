@@ -4,8 +4,12 @@
 //! The binary is `$KALAM_SERVER_BIN`, or `kalam-server` next to the test executable's target
 //! directory (`cargo build --bins` first; `scripts/test.sh` does); the CLI likewise
 //! ([`cli_bin`]).
+//!
+//! S3 tests run against [`Moto`], a local moto server (`pip install 'moto[server]'`, which
+//! `scripts/test.sh` does into its venv).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -124,12 +128,12 @@ impl TestServer {
 
     /// Starts a server over an existing data directory (restart tests).
     pub fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Result<Self> {
-        Self::start_in_env(data_dir, extra_args, &[])
+        Self::start_env(data_dir, extra_args, &[])
     }
 
     /// Starts a server with default flags plus `extra_args` and extra environment variables.
     pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
-        Self::start_in_env(tempfile::tempdir()?, extra_args, env)
+        Self::start_env(tempfile::tempdir()?, extra_args, env)
     }
 
     /// Starts a server serving TLS with a fresh test certificate; its clients trust the CA.
@@ -143,7 +147,8 @@ impl TestServer {
         Ok((server, certs))
     }
 
-    fn start_in_env(
+    /// Starts a server over `data_dir` with extra environment variables.
+    pub fn start_env(
         data_dir: tempfile::TempDir,
         extra_args: &[&str],
         env: &[(&str, &str)],
@@ -152,6 +157,7 @@ impl TestServer {
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
             .args(extra_args)
+            .envs(env.iter().copied())
             .env("KALAM_ROOT_PASSWORD", ROOT_PASSWORD)
             .env(
                 "RUST_LOG",
@@ -345,4 +351,232 @@ impl Drop for TestServer {
             let _ = c.wait();
         }
     }
+}
+
+/// A moto S3 server on a free `127.0.0.1` port, started from `$KALAM_MOTO_SERVER`, else
+/// `$VENV/bin/moto_server` (VENV defaults to `~/.cache/kalam-venv`, as in `scripts/test.sh`),
+/// else `moto_server` on `PATH`. Killed on drop.
+pub struct Moto {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+/// Access key given to moto (which accepts any credentials).
+pub const MOTO_KEY_ID: &str = "kalam-test-key";
+/// Secret key given to moto.
+pub const MOTO_SECRET: &str = "kalam-test-secret";
+
+fn moto_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("KALAM_MOTO_SERVER") {
+        let path = PathBuf::from(&p);
+        if !path.is_file() {
+            bail!(
+                "KALAM_MOTO_SERVER={p} does not exist; install it with `pip install 'moto[server]'`"
+            );
+        }
+        return Ok(path);
+    }
+    let venv = std::env::var_os("VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kalam-venv")));
+    if let Some(bin) = venv.map(|v| v.join("bin/moto_server"))
+        && bin.is_file()
+    {
+        return Ok(bin);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("moto_server"))
+            .find(|p| p.is_file())
+    });
+    on_path.context(
+        "moto_server not found: the S3 tests need it. Run scripts/test.sh (it installs \
+         tests/python/requirements.txt into ~/.cache/kalam-venv), or \
+         `pip install 'moto[server]'` and set KALAM_MOTO_SERVER=/path/to/moto_server",
+    )
+}
+
+/// Runs moto's server entry point with werkzeug's `threaded` turned off.
+const MOTO_SINGLE_THREADED: &str = "\
+import sys
+import moto.server
+_run_simple = moto.server.run_simple
+def _single_threaded(*args, **kwargs):
+    kwargs['threaded'] = False
+    return _run_simple(*args, **kwargs)
+moto.server.run_simple = _single_threaded
+sys.exit(moto.server.main(sys.argv[1:]))
+";
+
+impl Moto {
+    /// Starts moto and waits until it answers HTTP.
+    pub fn start() -> Result<Self> {
+        let bin = moto_bin()?;
+        // Pick a free port; moto binds it right after (a tiny window another process could
+        // take, in which case moto exits and the wait below reports it).
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        // moto checks If-None-Match and then writes, in Python: with its default threaded
+        // server two racing creates can both succeed, which real S3 never allows. Run it
+        // single-threaded (through the script's own interpreter) so each request is atomic.
+        let script =
+            std::fs::read_to_string(&bin).with_context(|| format!("reading {}", bin.display()))?;
+        let mut interpreter = script
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("#!"))
+            .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+            .filter(|words| !words.is_empty())
+            .with_context(|| format!("{} has no #! line naming its Python", bin.display()))?;
+        let program = interpreter.remove(0);
+        let child = Command::new(&program)
+            .args(&interpreter)
+            .args([
+                "-c",
+                MOTO_SINGLE_THREADED,
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning {program} for {}", bin.display()))?;
+        let mut moto = Self {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = moto.child.try_wait()? {
+                bail!("{} exited during start-up: {status}", bin.display());
+            }
+            if let Ok((200, _)) = moto.request("GET", "/") {
+                return Ok(moto);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "{} did not answer on {} within 60 s",
+                    bin.display(),
+                    moto.addr
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends one unsigned HTTP/1.1 request (moto does not check signatures); returns the
+    /// status code and body.
+    pub fn request(&self, method: &str, path: &str) -> Result<(u16, String)> {
+        let mut stream = TcpStream::connect(&self.addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.addr
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .with_context(|| format!("malformed HTTP response from moto: {response:.200}"))?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// Creates `bucket`.
+    pub fn create_bucket(&self, bucket: &str) -> Result<()> {
+        match self.request("PUT", &format!("/{bucket}"))? {
+            (200, _) => Ok(()),
+            (code, body) => bail!("creating bucket {bucket} on moto: HTTP {code}: {body:.500}"),
+        }
+    }
+
+    /// The `kalam-server` flags for `s3://{bucket}/{prefix}` on this moto.
+    pub fn server_args(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        [
+            "--storage-url",
+            &self.storage_url(bucket, prefix),
+            "--s3-endpoint",
+            &self.endpoint(),
+            "--s3-allow-http",
+            "--s3-region",
+            "us-east-1",
+            "--s3-access-key-id",
+            MOTO_KEY_ID,
+            "--s3-secret-access-key",
+            MOTO_SECRET,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// `s3://{bucket}/{prefix}`.
+    pub fn storage_url(&self, bucket: &str, prefix: &str) -> String {
+        format!("s3://{bucket}/{prefix}")
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `kalam-server` with `args` (and a fresh data directory) expecting it to refuse to
+/// start within 60 s; returns its stderr. `env` adds environment variables.
+pub fn start_failure(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+    let data_dir = tempfile::tempdir()?;
+    let mut child = Command::new(server_bin()?)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir.path())
+        .args(args)
+        .env("KALAM_ROOT_PASSWORD", ROOT_PASSWORD)
+        .env("RUST_LOG", "error")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning kalam-server")?;
+    let mut stderr = child.stderr.take().context("no stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("kalam-server was still running after 60 s although it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("stderr reader panicked"))?;
+    if status.success() {
+        bail!("kalam-server exited 0 although it should have refused: {stderr}");
+    }
+    Ok(stderr)
 }

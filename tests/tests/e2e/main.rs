@@ -11,6 +11,7 @@ mod live;
 mod metrics;
 mod protocol;
 mod roles;
+mod s3;
 mod scale;
 mod storage;
 mod tls;
