@@ -8,7 +8,6 @@
 //! Latency is measured from the writer's clock just before the INSERT to the subscriber's
 //! clock on receipt (same machine).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -129,8 +128,20 @@ async fn latency(
     rows: usize,
     first_id: &mut i64,
 ) -> Result<serde_json::Value> {
-    let idle_subs = open(clients, idle, "SELECT id FROM b.feed WHERE kind = 'never'", 0).await?;
-    let subs = open(clients, active, "SELECT id, t_ns FROM b.feed WHERE kind = 'tick'", idle).await?;
+    let idle_subs = open(
+        clients,
+        idle,
+        "SELECT id FROM b.feed WHERE kind = 'never'",
+        0,
+    )
+    .await?;
+    let subs = open(
+        clients,
+        active,
+        "SELECT id, t_ns FROM b.feed WHERE kind = 'tick'",
+        idle,
+    )
+    .await?;
     let consumer = tokio::spawn(collect(subs, rows, 1));
     for _ in 0..rows {
         root.execute(&format!(
@@ -203,7 +214,13 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = server.rss();
     let t = Instant::now();
-    let idle = open(&clients, idle_n, "SELECT id FROM b.feed WHERE kind = 'never'", 0).await?;
+    let idle = open(
+        &clients,
+        idle_n,
+        "SELECT id FROM b.feed WHERE kind = 'never'",
+        0,
+    )
+    .await?;
     let open_secs = t.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = server.rss();
@@ -218,7 +235,13 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let released = server.rss();
 
     // Fan-out: every row to every subscriber.
-    let subs = open(&clients, fan_subs, "SELECT id, t_ns FROM b.feed WHERE kind = 'fan'", 0).await?;
+    let subs = open(
+        &clients,
+        fan_subs,
+        "SELECT id, t_ns FROM b.feed WHERE kind = 'fan'",
+        0,
+    )
+    .await?;
     let consumer = tokio::spawn(collect(subs, fan_rows, 1));
     let t = Instant::now();
     for _ in 0..fan_rows {
@@ -247,7 +270,10 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     });
     if let Some(dir) = args.out {
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("live.json"), serde_json::to_string_pretty(&figures)?)?;
+        std::fs::write(
+            dir.join("live.json"),
+            serde_json::to_string_pretty(&figures)?,
+        )?;
     }
     Ok(())
 }

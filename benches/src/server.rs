@@ -27,7 +27,10 @@ fn binary() -> Result<PathBuf> {
     if next_to_us.exists() {
         return Ok(next_to_us);
     }
-    bail!("kalam-server not found next to {}; build it with cargo build --release -p kalam-server or set KALAM_SERVER_BIN", exe.display())
+    bail!(
+        "kalam-server not found next to {}; build it with cargo build --release -p kalam-server or set KALAM_SERVER_BIN",
+        exe.display()
+    )
 }
 
 impl Server {

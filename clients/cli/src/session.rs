@@ -59,7 +59,7 @@ pub(crate) fn failure(error: &Error) -> Failure {
         Some(tonic_code) if is_connection_code(tonic_code) => Failure::Fatal(message),
         Some(_) => Failure::Sql(message),
         None => match error {
-            Error::Connect { .. } | Error::InvalidUrl { .. } | Error::TlsNotSupported { .. } => {
+            Error::Connect { .. } | Error::InvalidUrl { .. } | Error::InvalidTls { .. } => {
                 Failure::Fatal(message)
             }
             _ => Failure::Sql(message),
@@ -185,6 +185,55 @@ impl Session {
                 runtime.block_on(self.run_async(sql))
             }
             result => result,
+        }
+    }
+
+    /// `\subscribe SELECT …`: prints the snapshot, then every change as it commits, until
+    /// Ctrl-C (which ends the subscription and returns to the prompt) or the server ends it.
+    pub(crate) fn subscribe(&mut self, sql: &str) -> Result<(), Failure> {
+        let runtime = Arc::clone(&self.runtime);
+        runtime.block_on(self.subscribe_async(sql))
+    }
+
+    async fn subscribe_async(&mut self, sql: &str) -> Result<(), Failure> {
+        let options = kalam_client::SubscribeOptions {
+            snapshot: true,
+            ..Default::default()
+        };
+        let mut live = self
+            .client
+            .subscribe(sql, options)
+            .await
+            .map_err(|e| failure(&e))?;
+        eprintln!("live query {} (Ctrl-C to stop)", live.id().unwrap_or("?"));
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                _ = &mut ctrl_c => {
+                    eprintln!("live query stopped");
+                    return Ok(());
+                }
+                event = live.next() => match event {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(failure(&e)),
+                    Some(Ok(event)) => {
+                        match (event.kind, event.batch) {
+                            (kalam_client::EventKind::Current, _) => {
+                                println!("-- live from seq {}", event.seq);
+                            }
+                            (_, Some(batch)) if batch.num_rows() > 0 => {
+                                let text = arrow::util::pretty::pretty_format_batches(&[batch])
+                                    .map_err(|e| Failure::Sql(e.to_string()))?;
+                                println!("{text}");
+                            }
+                            _ => {}
+                        }
+                        std::io::Write::flush(&mut std::io::stdout())
+                            .map_err(|e| Failure::Sql(format!("cannot write to stdout: {e}")))?;
+                    }
+                },
+            }
         }
     }
 

@@ -17,8 +17,6 @@ use crate::statement::Splitter;
 const HISTORY_LIMIT: usize = 1000;
 /// The history file, in `$HOME`.
 const HISTORY_FILE: &str = ".kalam_history";
-/// The printed line for `\subscribe` until the server speaks the live-query protocol.
-pub(crate) const NO_LIVE_QUERIES: &str = "live queries are not available on this server yet";
 
 const PROMPT: &str = "kalam> ";
 const CONTINUATION_PROMPT: &str = "kalam-> ";
@@ -157,11 +155,7 @@ fn run_meta(session: &mut Session, line: &str) -> Result<Flow, Failure> {
             check_writable(&path).map_err(|e| Failure::Sql(format!("cannot write to {e}")))?;
             session.settings.destination = Destination::new(Some(path));
         }
-        Meta::Subscribe(_sql) => {
-            // The live-query protocol (DESIGN §7) is not served yet; the command and its SQL
-            // are parsed so that wiring it is local to this arm.
-            return Err(Failure::Sql(NO_LIVE_QUERIES.into()));
-        }
+        Meta::Subscribe(sql) => session.subscribe(&sql)?,
     }
     io::stdout()
         .flush()

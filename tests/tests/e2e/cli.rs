@@ -476,12 +476,19 @@ async fn cli_interactive_session_through_a_terminal() {
     pty.send("SELECT * FROM app.nope;\r");
     let error = pty.expect("kalam> ");
     assert!(error.contains("ERROR: NOT_FOUND: "), "{error:?}");
-    pty.send("\\subscribe SELECT * FROM app.m\r");
-    let error = pty.expect("kalam> ");
-    assert!(
-        error.contains("live queries are not available on this server yet"),
-        "{error:?}"
-    );
+    // \subscribe prints the snapshot, then a row another client inserts, until Ctrl-C.
+    pty.send("\\subscribe SELECT id, body FROM app.m WHERE id > 1\r");
+    let snapshot = pty.expect("-- live from seq");
+    assert!(snapshot.contains("| 2  | a-2  | "), "{snapshot:?}");
+    assert!(snapshot.contains("snapshot"), "{snapshot:?}");
+    f.a.execute("INSERT INTO app.m VALUES (9, 'r1', 'a-9')")
+        .await
+        .unwrap();
+    let change = pty.expect("insert");
+    assert!(change.contains("| 9  | a-9  |"), "{change:?}");
+    pty.send("\x03");
+    pty.expect("live query stopped");
+    pty.expect("kalam> ");
     pty.send("SELECT 40 + 2 AS answer;\r");
     let result = pty.expect("(1 row, ");
     assert!(result.contains("| 42     |"), "{result:?}");
