@@ -55,6 +55,8 @@ pub struct Generation {
     gate: Arc<tokio::sync::RwLock<bool>>,
     /// When this generation became active (flush-by-age policy).
     pub created: std::time::Instant,
+    /// Once frozen: every commit of the table up to this seq is in it or older layers.
+    upto: std::sync::atomic::AtomicU64,
 }
 
 /// A Parquet file of a bucket. When a compaction or expiry removes it from the bucket, it is
@@ -187,6 +189,7 @@ impl TableStore {
             )?,
             gate: Arc::new(tokio::sync::RwLock::new(false)),
             created: std::time::Instant::now(),
+            upto: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -387,6 +390,7 @@ impl TableStore {
         let mut gate = generation.gate.write().await;
         *gate = true;
         let upto = last_seq();
+        generation.upto.store(upto, Ordering::Release);
         {
             let mut l = self.layers.write();
             l.frozen.insert(0, Arc::clone(&generation));
@@ -394,6 +398,18 @@ impl TableStore {
         }
         drop(gate);
         Ok(Some((generation, upto)))
+    }
+
+    /// Frozen generations not yet flushed (a flush failed), oldest first, with their freeze
+    /// points.
+    pub fn frozen_oldest_first(&self) -> Vec<(Arc<Generation>, u64)> {
+        self.layers
+            .read()
+            .frozen
+            .iter()
+            .rev()
+            .map(|g| (Arc::clone(g), g.upto.load(Ordering::Acquire)))
+            .collect()
     }
 
     /// Retires a flushed generation and shows the buckets' new files, atomically for readers.

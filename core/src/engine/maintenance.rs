@@ -172,16 +172,36 @@ impl Engine {
     pub async fn flush_table(&self, rt: &Arc<TableRuntime>) -> Result<JobReport> {
         let store = Arc::clone(&rt.store);
         let _one_at_a_time = store.maintenance.lock().await;
-        let Some((generation, upto)) = store.freeze(|| self.seq.last()).await? else {
-            return Ok(JobReport::default());
-        };
+        // Generations an earlier failed flush left frozen go first, oldest first: a manifest
+        // must never record a flush position while older rows of its bucket are only in memory.
+        let mut total = JobReport::default();
+        let mut pending = store.frozen_oldest_first();
+        if let Some(fresh) = store.freeze(|| self.seq.last()).await? {
+            pending.push(fresh);
+        }
+        for (generation, upto) in pending {
+            let r = self.flush_generation(rt, &generation, upto).await?;
+            total.rows += r.rows;
+            total.files += r.files;
+            total.bytes += r.bytes;
+        }
+        self.truncate_wal();
+        self.buffer_drained.notify_waiters();
+        Ok(total)
+    }
+
+    async fn flush_generation(
+        &self,
+        rt: &Arc<TableRuntime>,
+        generation: &Arc<crate::table::Generation>,
+        upto: u64,
+    ) -> Result<JobReport> {
         let job = self
             .stats
             .job_started("flush", &rt.qualified_name(), now_ms());
-        let result = self.write_generation(rt, &generation, upto).await;
-        match &result {
+        match self.write_generation(rt, generation, upto).await {
             Ok((report, states)) => {
-                store.finish_flush(&self.store, &generation, states);
+                rt.store.finish_flush(&self.store, generation, &states);
                 Stats::add(&self.stats.flushes, 1);
                 Stats::add(&self.stats.files_written, report.files);
                 self.stats.job_finished(
@@ -193,22 +213,21 @@ impl Engine {
                     ),
                     now_ms(),
                 );
+                Ok(report)
             }
             Err(e) => {
-                // The generation stays frozen and readable; the next flush retries it.
+                // The generation stays frozen and readable (and in the WAL); the next flush of
+                // the table retries it before anything newer.
                 self.stats
                     .job_finished(&job, false, e.to_string(), now_ms());
+                Err(e)
             }
         }
-        let (report, _) = result?;
-        drop(generation);
-        self.truncate_wal();
-        self.buffer_drained.notify_waiters();
-        Ok(report)
     }
 
-    /// Writes every frozen generation of `rt` older than and including `generation`... in
-    /// practice the one just frozen: one file per bucket, then the manifests.
+    /// Writes a frozen generation: one file per bucket, then the bucket's manifest. Buckets a
+    /// failed earlier attempt already committed (flushed position at `upto`) are not written
+    /// twice.
     async fn write_generation(
         &self,
         rt: &Arc<TableRuntime>,
@@ -223,6 +242,12 @@ impl Engine {
         let mut report = JobReport::default();
         let mut states = Vec::with_capacity(by_bucket.len());
         for (bucket, partitions) in by_bucket {
+            let manifest = rt.store.manifest(&self.store, &bucket).await?;
+            let current = manifest.state().await;
+            if current.flushed_seq >= upto {
+                states.push((bucket, current));
+                continue;
+            }
             let mut batches = Vec::new();
             for p in &partitions {
                 for (b, at) in generation.buf.snapshot_for_flush(p, &rt.mem_schema)? {
@@ -251,7 +276,6 @@ impl Engine {
             report.rows += meta.rows;
             report.files += 1;
             report.bytes += bytes;
-            let manifest = rt.store.manifest(&self.store, &bucket).await?;
             let state = manifest
                 .commit(&ManifestEntry {
                     added: vec![meta],

@@ -102,21 +102,6 @@ fn shape(plan: &LogicalPlan) -> Result<Shape> {
     }
 }
 
-/// `e` with table qualifiers removed (the filter is evaluated on bare table batches).
-fn unqualify(e: Expr) -> Result<Expr> {
-    use datafusion::common::tree_node::{Transformed, TreeNode};
-    e.transform(|e| {
-        Ok(match e {
-            Expr::Column(c) => Transformed::yes(Expr::Column(
-                datafusion::common::Column::new_unqualified(c.name),
-            )),
-            other => Transformed::no(other),
-        })
-    })
-    .map(|t| t.data)
-    .map_err(Error::from_datafusion)
-}
-
 impl Engine {
     /// Opens a live query for `exec` on `connection` (an id of the client connection, for the
     /// per-connection limit).
@@ -156,7 +141,7 @@ impl Engine {
         let filter = match &shape.filter {
             None => None,
             Some(f) => {
-                let f = unqualify(f.clone())?;
+                let f = crate::provider::unqualify(f.clone()).map_err(Error::from_datafusion)?;
                 let key = format!("{f}");
                 let df_schema =
                     DFSchema::try_from(Arc::clone(table)).map_err(Error::from_datafusion)?;

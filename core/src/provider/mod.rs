@@ -408,7 +408,7 @@ pub fn key_lookup_input(
 }
 
 /// `e` with table qualifiers removed from its columns (the file schema has none).
-fn unqualify(e: Expr) -> DfResult<Expr> {
+pub(crate) fn unqualify(e: Expr) -> DfResult<Expr> {
     use datafusion::common::tree_node::{Transformed, TreeNode};
     Ok(e.transform(|e| {
         Ok(match e {

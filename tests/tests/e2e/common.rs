@@ -17,7 +17,12 @@ pub(crate) struct Fixture {
 }
 
 pub(crate) async fn fixture() -> Fixture {
-    let server = TestServer::start().expect("server starts");
+    fixture_with(&[]).await
+}
+
+/// [`fixture`] on a server started with `args` (e.g. S3 storage flags).
+pub(crate) async fn fixture_with(args: &[&str]) -> Fixture {
+    let server = TestServer::start_with(args).expect("server starts");
     let root = server.root().await.expect("root login");
     for sql in [
         "CREATE NAMESPACE app",

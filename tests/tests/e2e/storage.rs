@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use kalam_tests::TestServer;
 
-use crate::common::{PW, fixture, i64s, ints, strs};
+use crate::common::{PW, fixture, fixture_with, i64s, ints, strs};
 
 #[tokio::test]
 async fn rows_survive_a_restart() {
@@ -63,9 +63,22 @@ async fn rows_survive_a_restart() {
 /// half-applied, whether it was in the WAL, a flushed file or a compacted one.
 #[tokio::test]
 async fn acknowledged_writes_survive_sigkill() {
-    const ROUNDS: u64 = 10;
+    sigkill_rounds(&[], 10).await;
+}
+
+/// The crash test with tables in S3 (moto on loopback): five rounds.
+#[tokio::test]
+async fn acknowledged_writes_survive_sigkill_on_s3() {
+    let moto = kalam_tests::Moto::start().unwrap();
+    moto.create_bucket("crash").unwrap();
+    let args = moto.server_args("crash", "db");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sigkill_rounds(&args, 5).await;
+}
+
+async fn sigkill_rounds(args: &[&str], rounds: u64) {
     const WRITERS: u64 = 4;
-    let server = TestServer::start().unwrap();
+    let server = TestServer::start_with(args).unwrap();
     let root = server.root().await.unwrap();
     root.execute("CREATE NAMESPACE crash").await.unwrap();
     root.execute("CREATE SHARED TABLE crash.t (id BIGINT PRIMARY KEY, stmt BIGINT, v TEXT)")
@@ -76,7 +89,7 @@ async fn acknowledged_writes_survive_sigkill() {
     // statement id → rows acknowledged (3 per statement).
     let acked: Arc<Mutex<HashMap<i64, ()>>> = Arc::default();
     let flushes: Arc<std::sync::atomic::AtomicU64> = Arc::default();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
             let client = server.root().await.unwrap();
@@ -126,7 +139,7 @@ async fn acknowledged_writes_survive_sigkill() {
         for t in tasks {
             t.await.unwrap();
         }
-        server = TestServer::start_in(dir, &[]).unwrap();
+        server = TestServer::start_in(dir, args).unwrap();
         let root = server.root().await.unwrap();
         let batches = root
             .query_collect("SELECT stmt, count(*) FROM crash.t GROUP BY stmt")
@@ -167,7 +180,7 @@ async fn acknowledged_writes_survive_sigkill() {
     }
     assert!(acked.lock().unwrap().len() > 30);
     let flushes = flushes.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(flushes > ROUNDS, "only {flushes} flushes ran");
+    assert!(flushes > rounds, "only {flushes} flushes ran");
 }
 
 /// Rows flushed to Parquet, then updated and deleted in the buffer, then flushed again and
@@ -175,7 +188,21 @@ async fn acknowledged_writes_survive_sigkill() {
 /// restart and a SIGKILL.
 #[tokio::test]
 async fn flushed_updates_and_deletes_survive_compaction_and_restarts() {
-    let f = fixture().await;
+    flushed_updates_and_deletes(&[]).await;
+}
+
+/// The same with tables in S3 (moto on loopback).
+#[tokio::test]
+async fn flushed_updates_and_deletes_survive_compaction_and_restarts_on_s3() {
+    let moto = kalam_tests::Moto::start().unwrap();
+    moto.create_bucket("flush").unwrap();
+    let args = moto.server_args("flush", "db");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    flushed_updates_and_deletes(&args).await;
+}
+
+async fn flushed_updates_and_deletes(args: &[&str]) {
+    let f = fixture_with(args).await;
     let values = |r: std::ops::Range<i64>, tag: &str| {
         r.map(|i| format!("({i}, 'r1', '{tag}-{i}')"))
             .collect::<Vec<_>>()
@@ -267,13 +294,13 @@ async fn flushed_updates_and_deletes_survive_compaction_and_restarts() {
     drop((f.a, f.b, f.svc, f.root));
     let (code, dir) = f.server.stop().unwrap();
     assert_eq!(code, 0);
-    let server = TestServer::start_in(dir, &[]).unwrap();
+    let server = TestServer::start_in(dir, args).unwrap();
     let a = server.client("u_a", PW).await.unwrap();
     let b = server.client("u_b", PW).await.unwrap();
     check(a.clone(), b.clone(), "after restart").await;
     a.execute("DELETE FROM app.m WHERE id = 120").await.unwrap();
     let dir = server.kill9().unwrap();
-    let server = TestServer::start_in(dir, &[]).unwrap();
+    let server = TestServer::start_in(dir, args).unwrap();
     let a = server.client("u_a", PW).await.unwrap();
     assert_eq!(ints(&a, "SELECT count(*) FROM app.m").await, vec![142]);
     assert_eq!(
