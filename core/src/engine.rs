@@ -620,6 +620,18 @@ impl Engine {
         entry: WalEntry,
         old: Option<RecordBatch>,
     ) {
+        if let Some(change) = self.change_of(rt, entry, old) {
+            self.live.publish(change);
+        }
+    }
+
+    /// A logged entry as a live-query change (its rows with `_seq`, and `_deleted` if any).
+    pub(crate) fn change_of(
+        &self,
+        rt: &crate::catalog::TableRuntime,
+        entry: WalEntry,
+        old: Option<RecordBatch>,
+    ) -> Option<crate::live::Change> {
         let n = entry.batch.num_rows();
         let seq: ArrayRef = Arc::new(arrow::array::UInt64Array::from_iter_values(
             (0..n as u64).map(|i| entry.first_seq + i),
@@ -646,7 +658,7 @@ impl Engine {
             cols.push(Arc::new(d.clone()));
         }
         match RecordBatch::try_new(Arc::new(Schema::new(fields)), cols) {
-            Ok(rows) => self.live.publish(crate::live::Change::new(
+            Ok(rows) => Some(crate::live::Change::new(
                 rt.def.id,
                 &entry.partition,
                 entry.kind,
@@ -654,7 +666,10 @@ impl Engine {
                 old,
                 entry.last_seq(),
             )),
-            Err(e) => tracing::error!(error = %e, "could not publish a change to live queries"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not publish a change to live queries");
+                None
+            }
         }
     }
 

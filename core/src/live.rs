@@ -585,19 +585,26 @@ impl LiveManager {
         }
     }
 
-    /// Queues every retained change of the subscription's partition after `after_seq`.
-    /// Call under the partition's writer lock, right after `register`.
+    /// Every change with a seq above this is in the ring.
+    pub fn ring_floor(&self) -> u64 {
+        self.ring.lock().floor
+    }
+
+    /// Queues `changes` (older than the ring, read from the WAL) for the subscription, skipping
+    /// rows at or below `after_seq`.
+    pub fn replay_changes(&self, handle: &SubscriptionHandle, changes: &[Change], after_seq: u64) {
+        for c in changes {
+            self.deliver(c, std::slice::from_ref(&handle.sub), after_seq);
+        }
+    }
+
+    /// Queues every change of the subscription's partition in the ring after `after_seq` (the
+    /// caller replays what is older from the WAL first). Call under the partition's writer lock,
+    /// right after `register`.
     pub fn replay(&self, handle: &SubscriptionHandle, after_seq: u64) -> Result<()> {
         let sub = &handle.sub;
         let changes: Vec<Arc<Change>> = {
             let r = self.ring.lock();
-            if after_seq < r.floor {
-                return Err(Error::FailedPrecondition(format!(
-                    "resume position too old: changes after seq {after_seq} are no longer \
-                     retained (oldest resumable position is {})",
-                    r.floor
-                )));
-            }
             r.entries
                 .iter()
                 .filter(|c| {

@@ -61,6 +61,14 @@ pub struct Config {
     /// writers wait (never fail) while the buffers are over it.
     #[arg(long, env = "KALAM_WRITE_BUFFER_LIMIT", default_value = "512MiB", value_parser = parse_size)]
     pub write_buffer_limit: usize,
+    /// Size at which WAL segments rotate, e.g. 64MiB. Segments are deleted once every table
+    /// has flushed past them, and kept as long as live queries may resume from them.
+    #[arg(long, env = "KALAM_WAL_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_size)]
+    pub wal_segment_bytes: usize,
+    /// Recent changes kept in memory for live-query resume, e.g. 64MiB (older ones are read
+    /// back from the WAL while it holds them).
+    #[arg(long, env = "KALAM_LIVE_RETENTION_BYTES", default_value = "64MiB", value_parser = parse_size)]
+    pub live_retention_bytes: usize,
     /// Lifetime of bearer tokens issued by Handshake, in seconds.
     #[arg(long, env = "KALAM_TOKEN_TTL_SECS", default_value_t = 24 * 3600)]
     pub token_ttl_secs: u64,

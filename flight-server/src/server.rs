@@ -10,7 +10,7 @@ use kalam_core::context::Role;
 use kalam_core::engine::{Engine, EngineConfig};
 use kalam_storage::buffer::BufferAccounting;
 use kalam_storage::seq::SeqAllocator;
-use kalam_storage::wal::{DEFAULT_SEGMENT_BYTES, Wal};
+use kalam_storage::wal::Wal;
 use tokio::net::TcpListener;
 
 use crate::auth_layer::AuthLayer;
@@ -57,10 +57,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         write_buffer_limit: config.write_buffer_limit,
         live: kalam_core::live::LiveConfig {
             max_per_connection: MAX_STREAMS_PER_CONNECTION as usize,
+            ring_bytes: config.live_retention_bytes,
             ..kalam_core::live::LiveConfig::default()
         },
     };
-    let (wal, entries) = Wal::open(&data_dir.join("wal"), DEFAULT_SEGMENT_BYTES)?;
+    let (wal, entries) = Wal::open(&data_dir.join("wal"), config.wal_segment_bytes as u64)?;
     let max_seq = kalam_core::engine::recover(&catalog, &store, &entries).await?;
     drop(entries);
     let engine = Arc::new(Engine::new(

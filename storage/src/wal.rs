@@ -115,13 +115,18 @@ fn encode(entry: &WalEntry) -> Result<Vec<u8>> {
     Ok(rec)
 }
 
-fn decode(payload: &[u8]) -> std::result::Result<WalEntry, String> {
+fn decode_header(payload: &[u8]) -> std::result::Result<(Header, usize), String> {
     if payload.len() < 4 {
         return Err("payload too short".into());
     }
     let hlen = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) as usize;
     let header_bytes = payload.get(4..4 + hlen).ok_or("header out of bounds")?;
     let h: Header = serde_json::from_slice(header_bytes).map_err(|e| format!("bad header: {e}"))?;
+    Ok((h, hlen))
+}
+
+fn decode(payload: &[u8]) -> std::result::Result<WalEntry, String> {
+    let (h, hlen) = decode_header(payload)?;
     let mut reader = StreamReader::try_new(&payload[4 + hlen..], None)
         .map_err(|e| format!("bad Arrow data: {e}"))?;
     let batch = reader
@@ -193,6 +198,16 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// Reads every segment; returns the entries in log order and the path + length of the last
 /// segment's valid prefix.
 fn recover(dir: &Path) -> Result<(Vec<WalEntry>, Option<PathBuf>)> {
+    scan(dir, true, &|_, _, _| true)
+}
+
+/// Which records [`scan`] decodes: (table id, partition, last seq).
+type Keep<'a> = &'a dyn Fn(u64, &str, u64) -> bool;
+
+/// Reads every segment in order, decoding the records `keep` selects. With `repair`, a torn
+/// tail of the last segment is truncated away; without, reading just stops there (the writer
+/// may be appending to it).
+fn scan(dir: &Path, repair: bool, keep: Keep<'_>) -> Result<(Vec<WalEntry>, Option<PathBuf>)> {
     let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io_err(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -237,13 +252,19 @@ fn recover(dir: &Path) -> Result<(Vec<WalEntry>, Option<PathBuf>)> {
                             return Err(corrupt(pos, "checksum mismatch"));
                         }
                     } else {
-                        let entry = decode(&body[8..]).map_err(|r| corrupt(pos, &r))?;
-                        entries.push(entry);
+                        let (h, _) = decode_header(&body[8..]).map_err(|r| corrupt(pos, &r))?;
+                        let last_seq = u64::from_le_bytes(body[..8].try_into().unwrap_or([0; 8]));
+                        if keep(h.table_id, &h.partition, last_seq) {
+                            entries.push(decode(&body[8..]).map_err(|r| corrupt(pos, &r))?);
+                        }
                         pos += 8 + len;
                         None
                     }
                 }
             };
+            if cut.is_some() && !repair {
+                break;
+            }
             if let Some(at) = cut {
                 tracing::warn!(file = %seg.display(), offset = at, "truncating torn WAL tail");
                 let f = OpenOptions::new()
@@ -302,6 +323,32 @@ impl Wal {
             },
             entries,
         ))
+    }
+
+    /// The entries of (`table_id`, `partition`) with a seq above `after_seq`, read from the
+    /// segments on disk (live-query resume beyond the in-memory ring), and the lowest seq the
+    /// WAL still holds (changes below it are gone).
+    pub fn read_after(
+        &self,
+        table_id: u64,
+        partition: &str,
+        after_seq: u64,
+    ) -> Result<(Vec<WalEntry>, u64)> {
+        let oldest = std::fs::read_dir(&self.dir)
+            .map_err(io_err(&self.dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".wal")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .min()
+            .unwrap_or(u64::MAX);
+        let keep = |t: u64, p: &str, last: u64| t == table_id && p == partition && last > after_seq;
+        let (entries, _) = scan(&self.dir, false, &keep)?;
+        Ok((entries, oldest))
     }
 
     /// Deletes closed segments whose every record has `_seq < below` (their rows are all in

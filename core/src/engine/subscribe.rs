@@ -179,7 +179,24 @@ impl Engine {
             resume_after_seq.unwrap_or(snapshot_seq),
         );
         if let Some(after) = resume_after_seq {
-            self.live.replay(&handle, after)?;
+            let floor = self.live.ring_floor();
+            if after < floor {
+                // Older than the in-memory ring: replay from the WAL while it still holds them.
+                let (entries, oldest) = self.wal.read_after(rt.def.id, &partition, after)?;
+                if after.saturating_add(1) < oldest {
+                    return Err(Error::FailedPrecondition(format!(
+                        "resume position too old: changes after seq {after} are no longer \
+                         retained (the oldest retained change is seq {oldest})"
+                    )));
+                }
+                let changes: Vec<crate::live::Change> = entries
+                    .into_iter()
+                    .filter(|e| e.first_seq <= floor)
+                    .filter_map(|e| self.change_of(&rt, e, None))
+                    .collect();
+                self.live.replay_changes(&handle, &changes, after);
+            }
+            self.live.replay(&handle, after.max(floor))?;
         }
         let snapshot = if snapshot && resume_after_seq.is_none() {
             let mut exprs: Vec<Expr> = shape.columns.iter().map(|c| col(c.as_str())).collect();

@@ -339,16 +339,66 @@ async fn resume_replays_without_gap_or_duplicate_and_old_positions_fail() {
             (33, "insert".into())
         ]
     );
-    // After a restart nothing before it is retained.
-    drop((resumed, f.a, f.b, f.svc, f.root));
+    let after_all = changes_seq_max(&f.a).await;
+    // Across a restart the WAL still holds the changes: resuming replays them from disk.
+    drop((resumed, f.b, f.svc));
+    let root = f.root;
+    drop(root);
+    drop(f.a);
     let (_, dir) = f.server.stop().unwrap();
-    let server = TestServer::start_in(dir, &[]).unwrap();
+    let server = TestServer::start_in(
+        dir,
+        &["--wal-segment-bytes", "4KiB", "--live-retention-bytes", "1"],
+    )
+    .unwrap();
     let a = server.client("u_a", PW).await.unwrap();
+    let mut again = a
+        .subscribe(
+            "SELECT id FROM app.m",
+            SubscribeOptions {
+                resume_after_seq: Some(last_seen),
+                heartbeat_ms: 200,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    snapshot(&mut again).await;
+    let replayed: Vec<(i64, String)> = changes(&mut again, 4)
+        .await
+        .into_iter()
+        .map(|r| (r.0, r.1))
+        .collect();
+    assert_eq!(
+        replayed,
+        vec![
+            (31, "insert".into()),
+            (32, "insert".into()),
+            (30, "delete".into()),
+            (33, "insert".into())
+        ],
+        "replayed from the WAL after a restart"
+    );
+    drop(again);
+    // Once everything is flushed and the WAL segments are gone, the position is too old.
+    let body = "x".repeat(400);
+    for i in 0..30 {
+        a.execute(&format!(
+            "INSERT INTO app.m VALUES ({}, 'r1', '{body}')",
+            100 + i
+        ))
+        .await
+        .unwrap();
+    }
+    let root = server.root().await.unwrap();
+    for t in ["app.m", "app.rooms", "app.secret"] {
+        root.execute(&format!("FLUSH TABLE {t}")).await.unwrap();
+    }
     let err = a
         .subscribe(
             "SELECT id FROM app.m",
             SubscribeOptions {
-                resume_after_seq: Some(1),
+                resume_after_seq: Some(after_all),
                 ..Default::default()
             },
         )
@@ -357,6 +407,11 @@ async fn resume_replays_without_gap_or_duplicate_and_old_positions_fail() {
         .expect("too old");
     assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition), "{err}");
     assert!(err.to_string().contains("resume position too old"), "{err}");
+}
+
+/// The highest `_seq` of the caller's rows.
+async fn changes_seq_max(c: &KalamClient) -> u64 {
+    ints(c, "SELECT max(_seq) FROM app.m").await[0] as u64
 }
 
 #[tokio::test]
