@@ -117,7 +117,7 @@ def main() -> None:
     figures: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         # A buffer big enough to hold the whole table: the "in the buffer" phase must not flush.
-        proc, uri = start_server(tmp, ["--write-buffer-limit", "16GiB"])
+        proc, uri = start_server(tmp, ["--write-buffer-limit", "16GiB", "--flush-age-secs", "86400"])
         try:
             figures["bulk_ingest"] = bulk_ingest(uri, args.ingest_rows)
             print(f"bulk ingest: {args.ingest_rows} rows in {figures['bulk_ingest']['seconds']:.2f} s = "

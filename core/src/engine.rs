@@ -53,6 +53,8 @@ pub struct EngineConfig {
     pub write_buffer_limit: usize,
     /// Live-query limits and bounds.
     pub live: crate::live::LiveConfig,
+    /// Buffered rows older than this are flushed even if the buffer is small.
+    pub flush_age: std::time::Duration,
 }
 
 /// What a statement will return, known without running it.
@@ -101,6 +103,8 @@ pub struct Engine {
     store: Arc<dyn ObjectStore>,
     /// See [`EngineConfig::write_buffer_limit`].
     write_buffer_limit: usize,
+    /// See [`EngineConfig::flush_age`].
+    flush_age: std::time::Duration,
     /// Wakes the maintenance task early (a writer is waiting for buffer room).
     flush_wanted: tokio::sync::Notify,
     /// Signalled after every flush (writers waiting for buffer room re-check).
@@ -262,6 +266,7 @@ impl Engine {
             memory_pool,
             store,
             write_buffer_limit: config.write_buffer_limit,
+            flush_age: config.flush_age,
             flush_wanted: tokio::sync::Notify::new(),
             buffer_drained: tokio::sync::Notify::new(),
             live,

@@ -65,6 +65,10 @@ pub struct Config {
     /// has flushed past them, and kept as long as live queries may resume from them.
     #[arg(long, env = "KALAM_WAL_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_size)]
     pub wal_segment_bytes: usize,
+    /// Buffered rows older than this many seconds are flushed to Parquet even when the buffer
+    /// is small (bounds the WAL a restart replays).
+    #[arg(long, env = "KALAM_FLUSH_AGE_SECS", default_value_t = 60)]
+    pub flush_age_secs: u64,
     /// Recent changes kept in memory for live-query resume, e.g. 64MiB (older ones are read
     /// back from the WAL while it holds them).
     #[arg(long, env = "KALAM_LIVE_RETENTION_BYTES", default_value = "64MiB", value_parser = parse_size)]

@@ -55,6 +55,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(2),
         write_buffer_limit: config.write_buffer_limit,
+        flush_age: std::time::Duration::from_secs(config.flush_age_secs.max(1)),
         live: kalam_core::live::LiveConfig {
             max_per_connection: MAX_STREAMS_PER_CONNECTION as usize,
             ring_bytes: config.live_retention_bytes,

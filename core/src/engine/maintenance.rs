@@ -43,8 +43,6 @@ const ROW_GROUP_ROWS: usize = 16 * 1024;
 const PAGE_ROWS: usize = 2 * 1024;
 /// A bucket with more files than this is compacted.
 const COMPACT_FILES: usize = 8;
-/// Buffered rows older than this are flushed even if the buffer is small.
-const FLUSH_AGE: Duration = Duration::from_secs(60);
 /// How often the maintenance task looks at the tables.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -511,7 +509,7 @@ impl Engine {
             let active = rt.store.active();
             let due = !active.buf.is_empty()
                 && (*bytes > limit / 8
-                    || active.created.elapsed() > FLUSH_AGE
+                    || active.created.elapsed() > self.flush_age
                     || (over && self.catalog.buffer_bytes() > limit / 2));
             if due && let Err(e) = self.flush_table(rt).await {
                 tracing::warn!(table = %rt.qualified_name(), error = %e, "flush failed");

@@ -23,6 +23,7 @@ async fn engine() -> (Engine, tempfile::TempDir) {
         target_partitions: 2,
         write_buffer_limit: 64 << 20,
         live: crate::live::LiveConfig::default(),
+        flush_age: std::time::Duration::from_secs(60),
     };
     let (wal, _) = Wal::open(
         &dir.path().join("wal"),
