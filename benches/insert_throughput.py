@@ -6,7 +6,11 @@ acknowledged only after its WAL record is fsynced (group commit shares one fsync
 writes queued meanwhile). Starts its own release server on 127.0.0.1:0 with a temp data dir:
 
     cargo build --release -p kalam-server
-    python3 benches/insert_throughput.py [--seconds 10]
+    python3 benches/insert_throughput.py [--seconds 10] [--flush-age-secs 1]
+
+With `--flush-age-secs 1` the table is flushed to Parquet every second while the inserts run, so
+every INSERT's primary-key check also probes the Parquet files (key-range and bloom-filter
+pruning); the flushes and compactions that ran are printed at the end.
 """
 
 from __future__ import annotations
@@ -66,9 +70,11 @@ def run(uri: str, opts, clients: int, seconds: float, start_id: int) -> tuple[in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--flush-age-secs", type=int, help="flush the buffer this often (server flag)")
     args = ap.parse_args()
+    extra = ["--flush-age-secs", str(args.flush_age_secs)] if args.flush_age_secs else []
     with tempfile.TemporaryDirectory() as tmp:
-        proc, uri = start_server(tmp)
+        proc, uri = start_server(tmp, extra)
         try:
             client, opts = root_flight(uri)
             update(client, opts, "CREATE NAMESPACE bench")
@@ -77,6 +83,14 @@ def main() -> None:
             for level, clients in enumerate([1, 4, 16, 64]):
                 n, (rate, p50, p99) = run(uri, opts, clients, args.seconds, level * 1_000_000_000)
                 print(f"  {clients:>2} clients: {n:>7} inserts, {rate:8.0f} inserts/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+            if args.flush_age_secs:
+                import adbc_driver_flightsql.dbapi as flightsql
+                from adbc_point_query import PW
+                with flightsql.connect(uri, db_kwargs={"username": "root", "password": PW}) as conn:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT name, value FROM system.stats WHERE name IN "
+                                    "('flushes', 'compactions', 'files_written')")
+                        print("  " + ", ".join(f"{n} {v}" for n, v in cur.fetchall()))
         finally:
             proc.terminate()
             proc.wait(30)
