@@ -10,6 +10,7 @@ mod isolation;
 mod live;
 mod metrics;
 mod protocol;
+mod readme;
 mod roles;
 mod s3;
 mod scale;
