@@ -1,5 +1,6 @@
 //! The Prometheus endpoint (`--metrics-listen`) and the same figures in `system.stats`.
 
+use futures::StreamExt;
 use kalam_tests::{TestServer, metric_value};
 
 use crate::common::{ints, strs};
@@ -114,6 +115,30 @@ async fn counters_move_with_queries() {
     assert!(stat("rows_streamed").await >= 3);
     assert!(stat("rpc_errors").await >= 1);
     assert!(stat("process_rss_bytes").await > 1 << 20);
+
+    // Subscriptions move the live-query figures.
+    let mut live = root
+        .subscribe(
+            "SELECT id FROM app.t",
+            kalam_client::SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    root.execute("INSERT INTO app.t VALUES (4)").await.unwrap();
+    loop {
+        let e = live.next().await.unwrap().unwrap();
+        if e.kind == kalam_client::EventKind::Changes {
+            break;
+        }
+    }
+    let (_, page) = server.scrape("/metrics").unwrap();
+    assert_eq!(
+        metric_value(&page, "kalam_live_queries_active").unwrap(),
+        1.0
+    );
+    assert!(metric_value(&page, "kalam_notifications_sent_total").unwrap() >= 1.0);
+    assert!(stat("live_queries_active").await == 1);
+    drop(live);
 
     assert_eq!(server.scrape("/other").unwrap().0, 404);
     assert_eq!(server.scrape("/metrics?x=1").unwrap().0, 200);
