@@ -185,6 +185,9 @@ impl Engine {
         }
         self.truncate_wal();
         self.buffer_drained.notify_waiters();
+        if total.bytes > 0 {
+            release_freed_memory();
+        }
         Ok(total)
     }
 
@@ -542,6 +545,16 @@ impl Engine {
                 engine.maintain_once().await;
             }
         });
+    }
+}
+
+/// Returns memory freed by a flushed generation to the operating system: glibc keeps freed
+/// heap pages otherwise, and a server's RSS would stay at its largest buffer.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
