@@ -11,7 +11,6 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::row::{RowConverter, SortField};
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::SendableRecordBatchStream;
@@ -689,8 +688,11 @@ impl Engine {
         let snap = rt.store.snapshot(partition);
         let mut cols: Vec<usize> = (0..rt.schema.fields().len()).collect();
         cols.push(rt.schema.fields().len()); // `_seq`
-        let input = crate::provider::layered_input(rt, &snap, partition, i64::MIN, true, &[], cols)
-            .map_err(Error::from_datafusion)?;
+        // Key filters prune the files to the rows' pages; buffered rows are merged as usual.
+        let filters = key_filters(rt, batch)?;
+        let input =
+            crate::provider::layered_input(rt, &snap, partition, i64::MIN, true, &filters, cols)
+                .map_err(Error::from_datafusion)?;
         let exec =
             Arc::new(merge::LayeredScanExec::try_new(input).map_err(Error::from_datafusion)?);
         let found: Vec<RecordBatch> = execute_stream(exec, self.session.task_ctx())
@@ -700,29 +702,14 @@ impl Engine {
             .map_err(Error::from_datafusion)?;
         let current = concat_batches(&rt.schema_with_seq, &found)
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let fields: Vec<SortField> = rt
-            .pk_indices
-            .iter()
-            .map(|i| SortField::new(rt.schema.field(*i).data_type().clone()))
-            .collect();
-        let conv = RowConverter::new(fields).map_err(|e| Error::Internal(e.to_string()))?;
-        let key_cols = |b: &RecordBatch| -> Vec<ArrayRef> {
-            rt.pk_indices
-                .iter()
-                .map(|i| Arc::clone(b.column(*i)))
-                .collect()
-        };
-        let have = conv
-            .convert_columns(&key_cols(&current))
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let keys = &rt.store.active().buf;
+        let have = keys.keys(&current)?;
         let index: std::collections::HashMap<_, u32> = have
             .iter()
             .enumerate()
             .map(|(i, k)| (k, i as u32))
             .collect();
-        let want = conv
-            .convert_columns(&key_cols(batch))
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let want = keys.keys(batch)?;
         let idx: UInt32Array = want.iter().map(|k| index.get(&k).copied()).collect();
         arrow::compute::take_record_batch(&current, &idx)
             .map_err(|e| Error::Internal(e.to_string()))
@@ -777,48 +764,7 @@ impl Engine {
         partition: &str,
         probe: &RecordBatch,
     ) -> Result<Vec<bool>> {
-        /// Up to this many keys are also matched exactly (bloom filters prune by them);
-        /// larger batches prune by the range of their first key column only.
-        const EXACT_KEYS: usize = 16;
-        use datafusion::logical_expr::{Expr, col, lit};
-        let first = rt.pk_indices[0];
-        let first_name = rt.schema.field(first).name();
-        let order = arrow::compute::sort_to_indices(probe.column(first), None, None)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let mut filters: Vec<Expr> = Vec::new();
-        if let (Some(lo), Some(hi)) = (order.values().first(), order.values().last()) {
-            let lo = ScalarValue::try_from_array(probe.column(first), *lo as usize)
-                .map_err(Error::from_datafusion)?;
-            let hi = ScalarValue::try_from_array(probe.column(first), *hi as usize)
-                .map_err(Error::from_datafusion)?;
-            filters.push(
-                col(first_name)
-                    .gt_eq(lit(lo))
-                    .and(col(first_name).lt_eq(lit(hi))),
-            );
-        }
-        if probe.num_rows() <= EXACT_KEYS {
-            let mut any: Option<Expr> = None;
-            for row in 0..probe.num_rows() {
-                let mut all: Option<Expr> = None;
-                for &k in &rt.pk_indices {
-                    let v = ScalarValue::try_from_array(probe.column(k), row)
-                        .map_err(Error::from_datafusion)?;
-                    let eq = col(rt.schema.field(k).name()).eq(lit(v));
-                    all = Some(match all {
-                        Some(a) => a.and(eq),
-                        None => eq,
-                    });
-                }
-                if let Some(all) = all {
-                    any = Some(match any {
-                        Some(a) => a.or(all),
-                        None => all,
-                    });
-                }
-            }
-            filters.extend(any);
-        }
+        let filters = key_filters(rt, probe)?;
         let input = crate::provider::key_lookup_input(rt, snap, partition, &filters)
             .map_err(Error::from_datafusion)?;
         let exec =
@@ -828,27 +774,13 @@ impl Engine {
             .try_collect()
             .await
             .map_err(Error::from_datafusion)?;
-        let pk_fields: Vec<SortField> = rt
-            .pk_indices
-            .iter()
-            .map(|i| SortField::new(rt.schema.field(*i).data_type().clone()))
-            .collect();
-        let conv = RowConverter::new(pk_fields).map_err(|e| Error::Internal(e.to_string()))?;
+        let conv = &rt.store.active().buf;
         let mut live = std::collections::HashSet::new();
         for b in &found {
-            let rows = conv
-                .convert_columns(b.columns())
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            live.extend(rows.iter().map(|r| r.owned()));
+            // The lookup returns the key columns only, in primary-key order.
+            live.extend(conv.key_rows(b.columns())?.iter().map(|r| r.owned()));
         }
-        let cols: Vec<ArrayRef> = rt
-            .pk_indices
-            .iter()
-            .map(|i| Arc::clone(probe.column(*i)))
-            .collect();
-        let keys = conv
-            .convert_columns(&cols)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let keys = conv.keys(probe)?;
         Ok(keys.iter().map(|k| live.contains(&k.owned())).collect())
     }
 
@@ -941,6 +873,10 @@ impl Engine {
         if stmt.is_ddl() {
             Self::require(exec, Role::Dba)?;
         }
+        let dropped_tables = matches!(
+            stmt,
+            Statement::DropTable { .. } | Statement::DropNamespace { .. }
+        );
         let res = match stmt {
             Statement::CreateNamespace {
                 name,
@@ -1111,11 +1047,17 @@ impl Engine {
             )),
         };
         res?;
-        // Live queries on tables that no longer exist end with ABORTED.
-        let tables = self.catalog.tables_by_id();
-        self.live.retain_tables(|id| tables.contains_key(&id));
+        if dropped_tables {
+            self.end_live_queries_of_dropped_tables();
+        }
         Stats::add(&self.stats.statements_executed, 1);
         Ok(0)
+    }
+
+    /// Ends, with ABORTED, the live queries of tables that no longer exist.
+    fn end_live_queries_of_dropped_tables(&self) {
+        let tables = self.catalog.tables_by_id();
+        self.live.retain_tables(|id| tables.contains_key(&id));
     }
 
     /// Bulk ingest (`CommandStatementIngest`), atomic: either every row lands or none.
@@ -1192,6 +1134,7 @@ impl Engine {
                     name: table.clone(),
                 })
                 .await?;
+            self.end_live_queries_of_dropped_tables();
         }
         if existing.is_none() || recreate {
             self.catalog.commit(CatalogEntry::CreateTable(def)).await?;
@@ -1294,6 +1237,56 @@ impl Engine {
             .map_err(Error::from_datafusion)?
             .ok_or_else(|| Error::NotFound(format!("table '{namespace}.{table}' does not exist")))
     }
+}
+
+/// Pruning filters for a lookup of `probe`'s keys: the range of the first key column, plus the
+/// exact keys for small batches (bloom filters prune by those).
+fn key_filters(
+    rt: &crate::catalog::TableRuntime,
+    probe: &RecordBatch,
+) -> Result<Vec<datafusion::logical_expr::Expr>> {
+    /// Up to this many keys are also matched exactly; larger batches prune by range only.
+    const EXACT_KEYS: usize = 16;
+    use datafusion::logical_expr::{Expr, col, lit};
+    let first = rt.pk_indices[0];
+    let first_name = rt.schema.field(first).name();
+    let order = arrow::compute::sort_to_indices(probe.column(first), None, None)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let mut filters: Vec<Expr> = Vec::new();
+    if let (Some(lo), Some(hi)) = (order.values().first(), order.values().last()) {
+        let lo = ScalarValue::try_from_array(probe.column(first), *lo as usize)
+            .map_err(Error::from_datafusion)?;
+        let hi = ScalarValue::try_from_array(probe.column(first), *hi as usize)
+            .map_err(Error::from_datafusion)?;
+        filters.push(
+            col(first_name)
+                .gt_eq(lit(lo))
+                .and(col(first_name).lt_eq(lit(hi))),
+        );
+    }
+    if probe.num_rows() <= EXACT_KEYS {
+        let mut any: Option<Expr> = None;
+        for row in 0..probe.num_rows() {
+            let mut all: Option<Expr> = None;
+            for &k in &rt.pk_indices {
+                let v = ScalarValue::try_from_array(probe.column(k), row)
+                    .map_err(Error::from_datafusion)?;
+                let eq = col(rt.schema.field(k).name()).eq(lit(v));
+                all = Some(match all {
+                    Some(a) => a.and(eq),
+                    None => eq,
+                });
+            }
+            if let Some(all) = all {
+                any = Some(match any {
+                    Some(a) => a.or(all),
+                    None => all,
+                });
+            }
+        }
+        filters.extend(any);
+    }
+    Ok(filters)
 }
 
 /// Matches incoming columns to `target` by (case-insensitive) name, casting types; missing

@@ -507,32 +507,24 @@ impl LiveManager {
     }
 
     fn deliver(&self, change: &Change, subs: &[Arc<Subscription>], after_seq: u64) {
-        // One evaluation per distinct (filter, projection); the batch is shared.
-        let mut done: Vec<(usize, usize, Option<Delivery>)> = Vec::new();
+        // One evaluation per distinct (filter, projection); the batch is shared. Keyed by the
+        // handles' addresses, so many distinct filters stay O(1) per subscription.
+        let mut done: HashMap<(usize, usize), Option<Delivery>> = HashMap::new();
         for sub in subs {
             if sub.ended.load(Ordering::Acquire) {
                 continue;
             }
             let fkey = sub.filter.as_ref().map_or(0, |f| Arc::as_ptr(f) as usize);
             let pkey = Arc::as_ptr(&sub.projection) as usize;
-            let found = done.iter().position(|(f, p, _)| *f == fkey && *p == pkey);
-            let idx = match found {
-                Some(i) => i,
-                None => {
-                    let rendered =
-                        render(change, sub.filter.as_deref(), &sub.projection, after_seq);
-                    let d = match rendered {
-                        Ok(d) => d,
-                        Err(e) => {
-                            tracing::warn!(error = %e, sub = %sub.id, "live filter failed");
-                            None
-                        }
-                    };
-                    done.push((fkey, pkey, d));
-                    done.len() - 1
-                }
-            };
-            if let Some(d) = &done[idx].2 {
+            let rendered = done.entry((fkey, pkey)).or_insert_with(|| {
+                render(change, sub.filter.as_deref(), &sub.projection, after_seq).unwrap_or_else(
+                    |e| {
+                        tracing::warn!(error = %e, sub = %sub.id, "live filter failed");
+                        None
+                    },
+                )
+            });
+            if let Some(d) = rendered {
                 self.offer(sub, d);
             }
         }

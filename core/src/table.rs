@@ -193,6 +193,17 @@ impl TableStore {
         })
     }
 
+    /// A new generation that keeps tombstones (older layers exist).
+    fn tombstoning_generation(&self) -> Result<Generation> {
+        Self::generation(
+            &self.name,
+            &self.key_schema,
+            &self.pk,
+            &self.accounting,
+            true,
+        )
+    }
+
     /// `tables/{id}`.
     pub fn prefix(&self) -> String {
         format!("tables/{}", self.id)
@@ -304,13 +315,7 @@ impl TableStore {
             // Deletes must now leave tombstones: the files may hold the keys.
             let mut l = self.layers.write();
             if l.active.buf.is_empty() {
-                l.active = Arc::new(Self::generation(
-                    &self.name,
-                    &self.key_schema,
-                    &self.pk,
-                    &self.accounting,
-                    true,
-                )?);
+                l.active = Arc::new(self.tombstoning_generation()?);
             }
         }
         Ok(flushed)
@@ -380,13 +385,7 @@ impl TableStore {
         if generation.buf.is_empty() {
             return Ok(None);
         }
-        let fresh = Arc::new(Self::generation(
-            &self.name,
-            &self.key_schema,
-            &self.pk,
-            &self.accounting,
-            true,
-        )?);
+        let fresh = Arc::new(self.tombstoning_generation()?);
         let mut gate = generation.gate.write().await;
         *gate = true;
         let upto = last_seq();

@@ -214,8 +214,13 @@ impl TableBuffer {
             .iter()
             .map(|i| Arc::clone(batch.column(*i)))
             .collect();
+        self.key_rows(&cols)
+    }
+
+    /// Key columns (in primary-key order) in row format, comparable with [`TableBuffer::keys`].
+    pub fn key_rows(&self, columns: &[ArrayRef]) -> Result<arrow::row::Rows> {
         self.converter
-            .convert_columns(&cols)
+            .convert_columns(columns)
             .map_err(|e| self.arrow_err(e))
     }
 

@@ -325,35 +325,8 @@ impl Wal {
         ))
     }
 
-    /// The entries of (`table_id`, `partition`) with a seq above `after_seq`, read from the
-    /// segments on disk (live-query resume beyond the in-memory ring), and the lowest seq the
-    /// WAL still holds (changes below it are gone).
-    pub fn read_after(
-        &self,
-        table_id: u64,
-        partition: &str,
-        after_seq: u64,
-    ) -> Result<(Vec<WalEntry>, u64)> {
-        let oldest = std::fs::read_dir(&self.dir)
-            .map_err(io_err(&self.dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_suffix(".wal")?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .min()
-            .unwrap_or(u64::MAX);
-        let keep = |t: u64, p: &str, last: u64| t == table_id && p == partition && last > after_seq;
-        let (entries, _) = scan(&self.dir, false, &keep)?;
-        Ok((entries, oldest))
-    }
-
-    /// Deletes closed segments whose every record has `_seq < below` (their rows are all in
-    /// Parquet). The segment being written is never touched. Returns the segments removed.
-    pub fn remove_segments_below(&self, below: u64) -> Result<usize> {
+    /// The first seqs of the segments on disk, ascending (segment names are `{first_seq:020}`).
+    fn segment_firsts(&self) -> Result<Vec<u64>> {
         let mut firsts: Vec<u64> = std::fs::read_dir(&self.dir)
             .map_err(io_err(&self.dir))?
             .filter_map(|e| e.ok())
@@ -366,6 +339,28 @@ impl Wal {
             })
             .collect();
         firsts.sort_unstable();
+        Ok(firsts)
+    }
+
+    /// The entries of (`table_id`, `partition`) with a seq above `after_seq`, read from the
+    /// segments on disk (live-query resume beyond the in-memory ring), and the lowest seq the
+    /// WAL still holds (changes below it are gone).
+    pub fn read_after(
+        &self,
+        table_id: u64,
+        partition: &str,
+        after_seq: u64,
+    ) -> Result<(Vec<WalEntry>, u64)> {
+        let oldest = self.segment_firsts()?.first().copied().unwrap_or(u64::MAX);
+        let keep = |t: u64, p: &str, last: u64| t == table_id && p == partition && last > after_seq;
+        let (entries, _) = scan(&self.dir, false, &keep)?;
+        Ok((entries, oldest))
+    }
+
+    /// Deletes closed segments whose every record has `_seq < below` (their rows are all in
+    /// Parquet). The segment being written is never touched. Returns the segments removed.
+    pub fn remove_segments_below(&self, below: u64) -> Result<usize> {
+        let firsts = self.segment_firsts()?;
         let mut removed = 0;
         // Segment i holds seqs [firsts[i], firsts[i + 1]); the last one is open.
         for pair in firsts.windows(2) {
