@@ -16,26 +16,23 @@ use futures::{StreamExt, TryStreamExt, stream};
 use kalam_client::{EventKind, KalamClient, SubscribeOptions, Subscription};
 use serde_json::json;
 
-use crate::server::{ROOT_PW, Server};
+use crate::common::{Common, Target, mib, percentile_ms, write_json};
+use crate::fixtures::PW;
 
 /// Options of `kalam-bench live`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Small sizes (CI smoke test): 100 subscribers, 1,000 idle, 20 rows.
-    #[arg(long)]
-    quick: bool,
+    /// `--quick`: 100 subscribers, 1,000 idle, 20 rows.
+    #[command(flatten)]
+    common: Common,
     /// Idle subscriptions for the memory figure.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
     /// Client connections (and users) the subscriptions are spread over.
     #[arg(long, default_value_t = 100)]
     connections: usize,
-    /// Write the figures here as `live.json`.
-    #[arg(long)]
-    out: Option<std::path::PathBuf>,
 }
 
-const PW: &str = "bench-user-pw";
 /// Subscribe calls in flight at once.
 const PARALLEL: usize = 64;
 
@@ -43,14 +40,6 @@ fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len() - 1);
-    sorted[i] as f64 / 1e6
 }
 
 async fn open(
@@ -158,23 +147,23 @@ async fn latency(
     lat.sort_unstable();
     let r = json!({
         "subscribers": active + idle, "active": active, "rows": rows, "samples": lat.len(),
-        "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99),
-        "p999_ms": percentile(&lat, 0.999),
+        "p50_ms": percentile_ms(&lat, 0.5), "p99_ms": percentile_ms(&lat, 0.99),
+        "p999_ms": percentile_ms(&lat, 0.999),
     });
     println!(
         "  {:>6} subscribers ({:>5} active): commit->client p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms ({} samples)",
         active + idle,
         active,
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        percentile(&lat, 0.999),
+        percentile_ms(&lat, 0.5),
+        percentile_ms(&lat, 0.99),
+        percentile_ms(&lat, 0.999),
         lat.len()
     );
     Ok(r)
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
-    let (scenarios, idle_n, rows, fan_subs, fan_rows) = if args.quick {
+    let (scenarios, idle_n, rows, fan_subs, fan_rows) = if args.common.quick {
         (vec![(1, 0), (100, 0), (100, 900)], 1_000, 20, 100, 20)
     } else {
         (
@@ -185,9 +174,8 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             50,
         )
     };
-    let server = Server::start(&[])?;
-    let mut root = KalamClient::connect(&server.url).await?;
-    root.login("root", ROOT_PW).await?;
+    let target = Target::open(&args.common, &[]).await?;
+    let root = &target.root;
     root.execute("CREATE NAMESPACE b").await?;
     root.execute(
         "CREATE SHARED TABLE b.feed (id BIGINT PRIMARY KEY, kind TEXT, t_ns BIGINT) \
@@ -199,20 +187,19 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     for i in 0..conns {
         root.execute(&format!("CREATE USER bu{i} WITH PASSWORD '{PW}' ROLE user"))
             .await?;
-        let mut c = KalamClient::connect(&server.url).await?;
-        c.login(&format!("bu{i}"), PW).await?;
-        clients.push(c);
+        clients.push(target.login(&format!("bu{i}"), PW).await?);
     }
     let mut next_id = 1i64;
     println!("live queries over {conns} connections");
     let mut latencies = Vec::new();
     for (active, idle) in scenarios {
-        latencies.push(latency(&root, &clients, active, idle, rows, &mut next_id).await?);
+        latencies.push(latency(root, &clients, active, idle, rows, &mut next_id).await?);
     }
 
     // Idle subscriptions: memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = server.rss();
+    let probe = target.rss_probe();
+    let before = probe.read().await;
     let t = Instant::now();
     let idle = open(
         &clients,
@@ -223,16 +210,16 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     .await?;
     let open_secs = t.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = server.rss();
+    let after = probe.read().await;
     let per_sub = after.saturating_sub(before) as f64 / idle_n as f64;
     println!(
-        "  {idle_n} idle subscriptions: opened in {open_secs:.1} s; server RSS {} -> {} MiB ({per_sub:.0} bytes per subscription)",
-        before >> 20,
-        after >> 20
+        "  {idle_n} idle subscriptions: opened in {open_secs:.1} s; server RSS {:.1} -> {:.1} MiB ({per_sub:.0} bytes per subscription)",
+        mib(before),
+        mib(after)
     );
     drop(idle);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let released = server.rss();
+    let released = probe.read().await;
 
     // Fan-out: every row to every subscriber.
     let subs = open(
@@ -262,18 +249,12 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let figures = json!({
         "connections": conns,
         "latency": latencies,
-        "idle": {"subscriptions": idle_n, "open_seconds": open_secs, "rss_before_mib": before >> 20,
-                  "rss_after_mib": after >> 20, "bytes_per_subscription": per_sub,
-                  "rss_after_close_mib": released >> 20},
+        "idle": {"subscriptions": idle_n, "open_seconds": open_secs, "rss_before_mib": mib(before),
+                  "rss_after_mib": mib(after), "bytes_per_subscription": per_sub,
+                  "rss_after_close_mib": mib(released)},
         "fanout": {"subscribers": fan_subs, "rows": fan_rows, "deliveries": lat.len(),
                     "seconds": secs, "rows_per_s": rows_per_s},
     });
-    if let Some(dir) = args.out {
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(
-            dir.join("live.json"),
-            serde_json::to_string_pretty(&figures)?,
-        )?;
-    }
+    write_json(&args.common, "live", &figures)?;
     Ok(())
 }

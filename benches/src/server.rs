@@ -15,7 +15,7 @@ pub(crate) struct Server {
     child: Child,
     /// `grpc://127.0.0.1:PORT`.
     pub url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn binary() -> Result<PathBuf> {
@@ -62,19 +62,18 @@ impl Server {
         Ok(Self {
             child,
             url: format!("grpc://{addr}"),
-            _dir: dir,
+            dir,
         })
     }
 
-    /// Resident set size of the server, in bytes.
-    pub(crate) fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
+    /// Process id of the server.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's data directory.
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 }
 

@@ -83,7 +83,9 @@ impl TestCerts {
     }
 }
 
-fn server_bin() -> Result<PathBuf> {
+/// The `kalam-server` binary: `$KALAM_SERVER_BIN`, or `kalam-server` next to the test
+/// executable's target directory.
+pub fn server_bin() -> Result<PathBuf> {
     built_bin("KALAM_SERVER_BIN", "kalam-server")
 }
 
@@ -91,6 +93,12 @@ fn server_bin() -> Result<PathBuf> {
 /// directory (`cargo build --bins` first; `scripts/test.sh` does).
 pub fn cli_bin() -> Result<PathBuf> {
     built_bin("KALAM_CLI_BIN", "kalam")
+}
+
+/// The `kalam-bench` load tool: `$KALAM_BENCH_BIN`, or `kalam-bench` next to the test
+/// executable's target directory.
+pub fn bench_bin() -> Result<PathBuf> {
+    built_bin("KALAM_BENCH_BIN", "kalam-bench")
 }
 
 /// `$env` if set, else the binary `name` in the target directory of the running test.

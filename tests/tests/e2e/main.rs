@@ -2,6 +2,7 @@
 //! (`kalam-client` and arrow-flight's `FlightSqlServiceClient`). One test binary on purpose:
 //! linking is the slow step.
 
+mod bench;
 mod cli;
 mod common;
 mod config;
