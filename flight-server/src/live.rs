@@ -7,6 +7,7 @@
 //! is dropped, `RESOURCE_EXHAUSTED` (with the last delivered seq) when the client fell too far
 //! behind, and `UNAUTHENTICATED` when its token expires or its user is dropped.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,15 +16,16 @@ use arrow::datatypes::SchemaRef;
 use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
 use arrow_flight::{FlightData, SchemaAsIpc};
 use bytes::Bytes;
+use datafusion::execution::SendableRecordBatchStream;
 use futures::{Stream, StreamExt};
 use kalam_core::auth::Authenticator;
 use kalam_core::context::ExecutionContext;
 use kalam_core::engine::{Engine, Subscribed};
 use kalam_core::live::LiveEnd;
+use kalam_core::live::SubscriptionHandle;
 use kalam_proto::subscription_event::Kind;
 use kalam_proto::{COMMAND_SUBSCRIBE_TYPE_URL, CommandSubscribe, SubscriptionEvent};
 use prost::Message;
-use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use crate::status::to_status;
@@ -34,8 +36,6 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(5000);
 const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
 /// Default rows per batch.
 const DEFAULT_BATCH_ROWS: usize = 8192;
-/// Encoded messages buffered between the subscription task and gRPC (backpressure beyond it).
-const OUTBOUND_MESSAGES: usize = 4;
 
 /// A live-query response stream.
 pub(crate) type LiveStream =
@@ -111,7 +111,7 @@ pub(crate) struct LiveCall {
 pub(crate) async fn open(
     call: LiveCall,
     cmd: CommandSubscribe,
-    mut input: Streaming<FlightData>,
+    input: Streaming<FlightData>,
 ) -> Result<LiveStream, Status> {
     let status = |e| to_status(e, &call.exec.request_id);
     let sub = call
@@ -133,90 +133,154 @@ pub(crate) async fn open(
         0 => DEFAULT_BATCH_ROWS,
         n => n as usize,
     };
-    let (tx, rx) = mpsc::channel(OUTBOUND_MESSAGES);
-    // Client half-close ends the subscription.
-    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        while let Ok(Some(_)) = input.message().await {}
-        let _ = closed_tx.send(());
-    });
-    tokio::spawn(run(call, sub, heartbeat, batch_rows, tx, closed_rx));
-    Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|m| (m, rx))
-    })))
-}
-
-async fn run(
-    call: LiveCall,
-    sub: Subscribed,
-    heartbeat: Duration,
-    batch_rows: usize,
-    tx: mpsc::Sender<Result<FlightData, Status>>,
-    mut closed: tokio::sync::oneshot::Receiver<()>,
-) {
     let Subscribed {
-        mut handle,
+        handle,
         schema,
         snapshot,
         snapshot_seq,
     } = sub;
-    let id = handle.sub.id.to_string();
-    let mut enc = Encoder::new();
-    macro_rules! send {
-        ($m:expr) => {
-            if tx.send($m).await.is_err() {
-                return; // the client went away: dropping `handle` unsubscribes
-            }
-        };
-    }
-    send!(Ok(enc.schema(&schema, event(Kind::Unspecified, 0, &id))));
-    if let Some(mut rows) = snapshot {
-        while let Some(b) = rows.next().await {
-            match b {
-                Ok(b) => {
-                    for chunk in slices(&b, batch_rows) {
-                        send!(enc.batch(&chunk, event(Kind::Snapshot, snapshot_seq, &id)));
-                    }
-                }
-                Err(e) => {
-                    send!(Err(kalam_server_status(e, &call)));
-                    return;
-                }
-            }
-        }
-    }
-    send!(Ok(FlightData::new().with_app_metadata(event(
-        Kind::Current,
+    let live = Live {
+        id: handle.sub.id.to_string(),
+        call,
+        handle,
+        input,
+        heartbeat,
+        batch_rows,
+        enc: Encoder::new(),
+        phase: Phase::Schema(schema),
+        snapshot,
         snapshot_seq,
-        &id
-    ))));
-    let mut delivered = snapshot_seq;
-    loop {
-        tokio::select! {
-            d = handle.rx.recv() => {
-                let Some(d) = d else { return };
-                handle.delivered(&d);
-                delivered = delivered.max(d.max_seq);
-                for chunk in slices(&d.batch, batch_rows) {
-                    send!(enc.batch(&chunk, event(Kind::Changes, d.max_seq, &id)));
-                }
+        delivered: snapshot_seq,
+        pending: VecDeque::new(),
+    };
+    // The response stream is the subscription: no task or channel of its own, so an idle
+    // subscription costs its registry record, this state and the HTTP/2 stream. gRPC polls it
+    // when the client has window; until then changes wait in the subscription's bounded queue.
+    Ok(Box::pin(futures::stream::unfold(
+        live,
+        |mut live| async move { live.next().await.map(|m| (m, live)) },
+    )))
+}
+
+/// Where a live stream is.
+enum Phase {
+    /// The schema message is next.
+    Schema(SchemaRef),
+    /// Snapshot batches, then CURRENT.
+    Snapshot,
+    /// Changes and heartbeats.
+    Live,
+    /// Ended (an error status was sent, or the client went away).
+    Done,
+}
+
+/// The state of one live stream.
+struct Live {
+    call: LiveCall,
+    /// The registration; dropping it (with the stream) unsubscribes.
+    handle: SubscriptionHandle,
+    /// The client's half of the call: its end unsubscribes.
+    input: Streaming<FlightData>,
+    id: String,
+    heartbeat: Duration,
+    batch_rows: usize,
+    enc: Encoder,
+    phase: Phase,
+    snapshot: Option<SendableRecordBatchStream>,
+    snapshot_seq: u64,
+    /// Highest seq delivered (for PROGRESS and the lag message).
+    delivered: u64,
+    /// Encoded slices of a batch bigger than `batch_rows`, sent one per poll (at most
+    /// `ceil(rows / batch_rows)` of one delivery).
+    pending: VecDeque<FlightData>,
+}
+
+impl Live {
+    /// The next message, or `None` when the stream is over.
+    async fn next(&mut self) -> Option<Result<FlightData, Status>> {
+        if let Some(m) = self.pending.pop_front() {
+            return Some(Ok(m));
+        }
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Schema(schema) => {
+                self.phase = Phase::Snapshot;
+                let meta = event(Kind::Unspecified, 0, &self.id);
+                Some(Ok(self.enc.schema(&schema, meta)))
             }
-            () = handle.sub.ended_notify.notified() => {
-                let why = handle.sub.end_reason();
-                send!(Err(end_status(why, delivered)));
-                return;
-            }
-            _ = &mut closed => return,
-            () = tokio::time::sleep(heartbeat) => {
-                if let Some(token) = &call.token
-                    && let Err(e) = call.auth.verify_token(token)
-                {
-                    send!(Err(Status::unauthenticated(format!("live query ended: {e}"))));
-                    return;
+            Phase::Snapshot => self.snapshot_next().await,
+            Phase::Live => self.live_next().await,
+            Phase::Done => None,
+        }
+    }
+
+    async fn snapshot_next(&mut self) -> Option<Result<FlightData, Status>> {
+        let seq = self.snapshot_seq;
+        if let Some(rows) = &mut self.snapshot {
+            match rows.next().await {
+                Some(Ok(b)) => {
+                    self.phase = Phase::Snapshot;
+                    return Some(self.encode(&b, Kind::Snapshot, seq));
                 }
-                send!(Ok(FlightData::new().with_app_metadata(event(Kind::Progress, delivered, &id))));
+                Some(Err(e)) => return Some(Err(kalam_server_status(e, &self.call))),
+                None => self.snapshot = None,
             }
         }
+        self.phase = Phase::Live;
+        Some(Ok(FlightData::new().with_app_metadata(event(
+            Kind::Current,
+            seq,
+            &self.id,
+        ))))
+    }
+
+    async fn live_next(&mut self) -> Option<Result<FlightData, Status>> {
+        loop {
+            tokio::select! {
+                d = self.handle.rx.recv() => {
+                    let d = d?;
+                    self.handle.delivered(&d);
+                    self.delivered = self.delivered.max(d.max_seq);
+                    self.phase = Phase::Live;
+                    return Some(self.encode(&d.batch, Kind::Changes, d.max_seq));
+                }
+                () = self.handle.sub.ended_notify.notified() => {
+                    let why = self.handle.sub.end_reason();
+                    return Some(Err(end_status(why, self.delivered)));
+                }
+                m = self.input.next() => match m {
+                    // Nothing is expected from the client after the command; ignore it.
+                    Some(Ok(_)) => continue,
+                    // Half-close or a broken call: unsubscribe.
+                    None | Some(Err(_)) => return None,
+                },
+                () = tokio::time::sleep(self.heartbeat) => {
+                    if let Some(token) = &self.call.token
+                        && let Err(e) = self.call.auth.verify_token(token)
+                    {
+                        return Some(Err(Status::unauthenticated(format!("live query ended: {e}"))));
+                    }
+                    self.phase = Phase::Live;
+                    let meta = event(Kind::Progress, self.delivered, &self.id);
+                    return Some(Ok(FlightData::new().with_app_metadata(meta)));
+                }
+            }
+        }
+    }
+
+    /// Encodes `b` as one message per `batch_rows` rows: returns the first, queues the rest.
+    fn encode(&mut self, b: &RecordBatch, kind: Kind, seq: u64) -> Result<FlightData, Status> {
+        let rows = self.batch_rows;
+        if b.num_rows() <= rows {
+            return self.enc.batch(b, event(kind, seq, &self.id));
+        }
+        for offset in (0..b.num_rows()).step_by(rows) {
+            let chunk = b.slice(offset, rows.min(b.num_rows() - offset));
+            let m = self.enc.batch(&chunk, event(kind, seq, &self.id))?;
+            self.pending.push_back(m);
+        }
+        self.pending
+            .pop_front()
+            .ok_or_else(|| Status::internal("empty live batch"))
     }
 }
 
@@ -236,14 +300,4 @@ fn end_status(why: Option<LiveEnd>, delivered: u64) -> Status {
         )),
         None => Status::internal("live query ended"),
     }
-}
-
-fn slices(b: &RecordBatch, rows: usize) -> Vec<RecordBatch> {
-    if b.num_rows() <= rows {
-        return vec![b.clone()];
-    }
-    (0..b.num_rows())
-        .step_by(rows)
-        .map(|o| b.slice(o, rows.min(b.num_rows() - o)))
-        .collect()
 }
