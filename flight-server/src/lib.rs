@@ -17,6 +17,7 @@
 
 pub mod auth_layer;
 pub mod config;
+mod exchange;
 mod live;
 pub mod metadata;
 pub mod metrics;

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use arrow_flight::flight_service_server::FlightServiceServer;
 use kalam_core::auth::{AuthConfig, Authenticator, hash_password, load_or_create_key};
 use kalam_core::catalog::{Catalog, CatalogEntry, CatalogLimits, UserDef, now_ms};
 use kalam_core::context::Role;
@@ -108,9 +107,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("listening on {addr}");
     tracing::info!(%addr, storage = %url, tls = tls.is_some(), "KalamFlight started");
 
-    let svc = FlightServiceServer::new(service)
-        .max_decoding_message_size(MAX_DECODING_MESSAGE)
-        .max_encoding_message_size(MAX_ENCODING_MESSAGE);
+    let svc =
+        crate::exchange::FlightRouter::new(service, MAX_DECODING_MESSAGE, MAX_ENCODING_MESSAGE);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stopped = async {
         let _ = stop_rx.await;

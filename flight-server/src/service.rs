@@ -204,6 +204,34 @@ async fn read_batches(
 }
 
 impl KalamFlightService {
+    /// `DoExchange`: a live query (DESIGN §7). The first message carries the command.
+    pub(crate) async fn live_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<crate::live::LiveStream>, Status> {
+        let caller = self.caller(&request).await?;
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| strip_scheme(h, "Bearer"))
+            .map(str::to_string);
+        let connection = request
+            .remote_addr()
+            .map_or_else(|| caller.exec.request_id.to_string(), |a| a.to_string());
+        let mut input = request.into_inner();
+        let cmd = crate::live::read_command(&mut input).await?;
+        let call = crate::live::LiveCall {
+            engine: Arc::clone(&self.engine),
+            auth: Arc::clone(&self.auth),
+            exec: Arc::clone(&caller.exec),
+            token,
+            connection,
+        };
+        let stream = crate::live::open(call, cmd, input).await?;
+        Ok(Response::new(stream))
+    }
+
     /// A service over `engine`.
     pub fn new(engine: Arc<Engine>, auth: Arc<Authenticator>) -> Self {
         Self {
@@ -867,27 +895,7 @@ impl FlightSqlService for KalamFlightService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<<Self as FlightService>::DoExchangeStream>, Status> {
-        let caller = self.caller(&request).await?;
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|h| strip_scheme(h, "Bearer"))
-            .map(str::to_string);
-        let connection = request
-            .remote_addr()
-            .map_or_else(|| caller.exec.request_id.to_string(), |a| a.to_string());
-        let mut input = request.into_inner();
-        let cmd = crate::live::read_command(&mut input).await?;
-        let call = crate::live::LiveCall {
-            engine: Arc::clone(&self.engine),
-            auth: Arc::clone(&self.auth),
-            exec: Arc::clone(&caller.exec),
-            token,
-            connection,
-        };
-        let stream = crate::live::open(call, cmd, input).await?;
-        Ok(Response::new(stream))
+        self.live_exchange(request).await
     }
 
     async fn do_action_fallback(
