@@ -19,6 +19,7 @@ use arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -129,7 +130,15 @@ pub fn file_stream(
     out: &SchemaRef,
     ctx: &Arc<TaskContext>,
 ) -> DfResult<SendableRecordBatchStream> {
-    let mut source = ParquetSource::new(Arc::clone(file_schema));
+    // Footers and page indexes come from the runtime's file-metadata cache (an LRU bounded by
+    // `metadata_cache_limit`, DataFusion's default 50 MiB), so a point query on a file read
+    // before fetches only the pages it needs. Data files are immutable, so entries never go
+    // stale; those of deleted files age out.
+    let store = ctx.runtime_env().object_store(store_url())?;
+    let metadata_cache = ctx.runtime_env().cache_manager.get_file_metadata_cache();
+    let mut source = ParquetSource::new(Arc::clone(file_schema)).with_parquet_file_reader_factory(
+        Arc::new(CachedParquetFileReaderFactory::new(store, metadata_cache)),
+    );
     if let Some(p) = prune {
         source = source.with_predicate(Arc::clone(p));
     }
