@@ -191,12 +191,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     }
     let mut next_id = 1i64;
     println!("live queries over {conns} connections");
-    let mut latencies = Vec::new();
-    for (active, idle) in scenarios {
-        latencies.push(latency(root, &clients, active, idle, rows, &mut next_id).await?);
-    }
-
-    // Idle subscriptions: memory.
+    // Idle subscriptions first, on a heap no earlier scenario has grown: memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let probe = target.rss_probe();
     let before = probe.read().await;
@@ -220,6 +215,11 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     drop(idle);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let released = probe.read().await;
+
+    let mut latencies = Vec::new();
+    for (active, idle) in scenarios {
+        latencies.push(latency(root, &clients, active, idle, rows, &mut next_id).await?);
+    }
 
     // Fan-out: every row to every subscriber.
     let subs = open(

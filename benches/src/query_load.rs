@@ -83,6 +83,10 @@ pub(crate) async fn run(mut args: Args) -> Result<()> {
     let chosen: Vec<usize> = (0..sessions).map(|i| i * step).collect();
     let tokens = Arc::new(fixtures::sessions(&target, &chosen).await?);
     let contexts_before = target.stat("session_contexts_created").await?;
+    let reads_before = (
+        target.stat("store_reads").await?,
+        target.stat("store_bytes_read").await?,
+    );
 
     let sampler = RssSampler::start(target.rss_probe(), Duration::from_secs(1));
     let warm_end = Duration::from_secs(args.warmup);
@@ -123,6 +127,10 @@ pub(crate) async fn run(mut args: Args) -> Result<()> {
     }
     let samples = sampler.finish().await?;
     let contexts_after = target.stat("session_contexts_created").await?;
+    let all_queries = (lat.len() as u64 + warm_queries).max(1) as f64;
+    let reads_per_query = (target.stat("store_reads").await? - reads_before.0) as f64 / all_queries;
+    let bytes_per_query =
+        (target.stat("store_bytes_read").await? - reads_before.1) as f64 / all_queries;
     let qps = lat.len() as f64 / args.seconds as f64;
     let latency = latency_json(&mut lat);
 
@@ -164,6 +172,7 @@ pub(crate) async fn run(mut args: Args) -> Result<()> {
         growth / crate::common::MIB,
         mib(rss_max)
     );
+    println!("  object store per query: {reads_per_query:.1} reads, {bytes_per_query:.0} bytes");
     println!("  session_contexts_created: {contexts_before} before, {contexts_after} after");
 
     let figures = json!({
@@ -175,6 +184,7 @@ pub(crate) async fn run(mut args: Args) -> Result<()> {
         "warmup_seconds": args.warmup, "seconds": args.seconds,
         "warmup_queries": warm_queries, "queries": lat.len(), "qps": qps,
         "latency": latency,
+        "store_reads_per_query": reads_per_query, "store_bytes_per_query": bytes_per_query,
         "rss": {"after_warmup_mib": mib(rss_warm), "end_mib": mib(rss_end),
                 "growth_mib": growth / crate::common::MIB, "max_mib": mib(rss_max),
                 "samples": samples.iter().map(|(t, b)| json!([t, b])).collect::<Vec<_>>()},

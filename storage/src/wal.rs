@@ -30,6 +30,9 @@ use crate::{Error, Result};
 const QUEUE_DEPTH: usize = 4096;
 /// Most records written per fsync.
 const MAX_GROUP: usize = 1024;
+/// Capacity the writer's group buffer keeps between groups (it grows for a big group, then
+/// gives the memory back).
+const GROUP_BUFFER_BYTES: usize = 1 << 20;
 /// Segments rotate after this many bytes.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 
@@ -415,24 +418,33 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            buf.clear();
-            for p in &group {
-                buf.extend_from_slice(&p.record);
-            }
+            // One write per group; a lone record (a bulk ingest can be a gigabyte) is written
+            // from its own buffer rather than copied.
+            let bytes = match group.as_slice() {
+                [only] => &only.record[..],
+                _ => {
+                    buf.clear();
+                    for p in &group {
+                        buf.extend_from_slice(&p.record);
+                    }
+                    &buf[..]
+                }
+            };
+            let len = bytes.len();
             let result = self
                 .file
-                .write_all(&buf)
+                .write_all(bytes)
                 .and_then(|()| self.file.sync_data())
                 .map_err(|e| format!("WAL write failed: {e}"));
+            // The group buffer keeps at most GROUP_BUFFER_BYTES between groups.
+            buf.shrink_to(GROUP_BUFFER_BYTES);
             if result.is_ok() {
-                self.size += buf.len() as u64;
+                self.size += len as u64;
                 self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .records
                     .fetch_add(group.len() as u64, Ordering::Relaxed);
-                self.stats
-                    .bytes
-                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                self.stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
             } else {
                 tracing::error!(error = ?result, "WAL fsync failed; failing the writes of this group");
             }
