@@ -50,6 +50,49 @@ pub(crate) struct Args {
 
 const TABLE: &str = "bench.m";
 
+/// Longest wait for background compaction to finish after the load.
+const SETTLE_MAX: Duration = Duration::from_secs(120);
+
+/// Waits until the `compactions` counter has not moved for 5 s (at most [`SETTLE_MAX`]), so
+/// the measured run sees the table as it stays, not mid-compaction. Returns (compactions so
+/// far, seconds waited).
+async fn settle(target: &Target) -> Result<(u64, f64)> {
+    let t = Instant::now();
+    let mut last = target.stat("compactions").await?;
+    let mut still_since = Instant::now();
+    while t.elapsed() < SETTLE_MAX && still_since.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = target.stat("compactions").await?;
+        if now != last {
+            (last, still_since) = (now, Instant::now());
+        }
+    }
+    Ok((last, t.elapsed().as_secs_f64()))
+}
+
+/// (Parquet files, directories holding them) under a server's data dir.
+fn parquet_files(dir: &std::path::Path) -> (usize, usize) {
+    let (mut files, mut dirs) = (0, 0);
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        let mut here = 0;
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.extension().is_some_and(|x| x == "parquet") {
+                here += 1;
+            }
+        }
+        files += here;
+        dirs += usize::from(here > 0);
+    }
+    (files, dirs)
+}
+
 pub(crate) async fn run(mut args: Args) -> Result<()> {
     if args.common.quick {
         (args.users, args.rows_per_user, args.clients, args.sessions) = (20, 100, 4, 8);
@@ -77,6 +120,15 @@ pub(crate) async fn run(mut args: Args) -> Result<()> {
         println!("FLUSH TABLE: {s:.1} s");
         Some(s)
     };
+
+    let (compactions, settle_secs) = settle(&target).await?;
+    let files = target.server.as_ref().map(|s| parquet_files(s.data_dir()));
+    if let Some((files, buckets)) = files {
+        println!(
+            "background compaction settled after {settle_secs:.0} s ({compactions} compactions): \
+             {files} Parquet files in {buckets} bucket directories"
+        );
+    }
 
     // Sessions spread over the users, so queries touch every part of the table.
     let step = args.users / sessions;
@@ -179,7 +231,9 @@ pub(crate) async fn run(mut args: Args) -> Result<()> {
         "table": {"users": args.users, "rows_per_user": args.rows_per_user, "rows": rows,
                   "in": if args.in_buffer { "buffer" } else { "parquet" },
                   "create_users_seconds": users_secs, "load_seconds": load_secs,
-                  "flush_seconds": flush_secs},
+                  "flush_seconds": flush_secs, "compactions": compactions,
+                  "settle_seconds": settle_secs,
+                  "parquet_files": files.map(|f| f.0), "bucket_dirs": files.map(|f| f.1)},
         "clients": args.clients, "sessions": sessions,
         "warmup_seconds": args.warmup, "seconds": args.seconds,
         "warmup_queries": warm_queries, "queries": lat.len(), "qps": qps,
