@@ -693,13 +693,7 @@ impl Engine {
         let input =
             crate::provider::layered_input(rt, &snap, partition, i64::MIN, true, &filters, cols)
                 .map_err(Error::from_datafusion)?;
-        let exec =
-            Arc::new(merge::LayeredScanExec::try_new(input).map_err(Error::from_datafusion)?);
-        let found: Vec<RecordBatch> = execute_stream(exec, self.session.task_ctx())
-            .map_err(Error::from_datafusion)?
-            .try_collect()
-            .await
-            .map_err(Error::from_datafusion)?;
+        let found = self.merged(input).await?;
         let current = concat_batches(&rt.schema_with_seq, &found)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let keys = &rt.store.active().buf;
@@ -713,6 +707,18 @@ impl Engine {
         let idx: UInt32Array = want.iter().map(|k| index.get(&k).copied()).collect();
         arrow::compute::take_record_batch(&current, &idx)
             .map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Runs a merge-on-read over `input` (newest version per key, tombstones dropped) and
+    /// collects it: the write path's lookups, which are pruned to the keys they ask about.
+    async fn merged(&self, input: merge::LayeredInput) -> Result<Vec<RecordBatch>> {
+        let exec =
+            Arc::new(merge::LayeredScanExec::try_new(input).map_err(Error::from_datafusion)?);
+        execute_stream(exec, self.session.task_ctx())
+            .map_err(Error::from_datafusion)?
+            .try_collect()
+            .await
+            .map_err(Error::from_datafusion)
     }
 
     /// For each row of `batch`, does its key currently exist (newest version not deleted) in
@@ -767,13 +773,7 @@ impl Engine {
         let filters = key_filters(rt, probe)?;
         let input = crate::provider::key_lookup_input(rt, snap, partition, &filters)
             .map_err(Error::from_datafusion)?;
-        let exec =
-            Arc::new(merge::LayeredScanExec::try_new(input).map_err(Error::from_datafusion)?);
-        let found: Vec<RecordBatch> = execute_stream(exec, self.session.task_ctx())
-            .map_err(Error::from_datafusion)?
-            .try_collect()
-            .await
-            .map_err(Error::from_datafusion)?;
+        let found = self.merged(input).await?;
         let conv = &rt.store.active().buf;
         let mut live = std::collections::HashSet::new();
         for b in &found {
@@ -815,13 +815,7 @@ impl Engine {
         let input =
             crate::provider::layered_input(rt, &snap, partition, i64::MIN, true, &[], all_cols)
                 .map_err(Error::from_datafusion)?;
-        let exec =
-            Arc::new(merge::LayeredScanExec::try_new(input).map_err(Error::from_datafusion)?);
-        let old: Vec<RecordBatch> = execute_stream(exec, self.session.task_ctx())
-            .map_err(Error::from_datafusion)?
-            .try_collect()
-            .await
-            .map_err(Error::from_datafusion)?;
+        let old = self.merged(input).await?;
         let mut parts = Vec::with_capacity(old.len() + 1);
         for b in &old {
             parts.push(with_flag(b, true)?);
