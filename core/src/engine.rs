@@ -558,8 +558,7 @@ impl Engine {
         batch: RecordBatch,
     ) -> Result<usize> {
         self.wait_for_buffer_room().await;
-        let lock = rt.store.writer_lock(partition);
-        let _writer = lock.lock().await;
+        let _writer = rt.store.lock_partition(partition).await;
         let (generation, _gate) = rt.store.begin_write().await;
         let keyed = generation.buf.is_keyed();
         let batch = match kind {

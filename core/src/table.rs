@@ -135,7 +135,8 @@ pub struct TableStore {
     accounting: Arc<BufferAccounting>,
     layers: RwLock<Layers>,
     /// One writer per partition, held from validation to apply so log order is apply order.
-    /// Bounded by the partitions (users) that wrote to this table.
+    /// An entry lives while someone holds or waits for it ([`PartitionWriter`] removes it on
+    /// release), so the map is bounded by the partitions being written right now.
     writers: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     /// Manifests by bucket, opened on first use. Bounded by [`USER_BUCKETS`] + 2.
     manifests: tokio::sync::Mutex<HashMap<String, Arc<BucketManifest>>>,
@@ -214,9 +215,15 @@ impl TableStore {
         bucket_of(self.kind, partition)
     }
 
-    /// The writer lock of `partition` (see the field docs).
-    pub fn writer_lock(&self, partition: &str) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(self.writers.lock().entry(Arc::from(partition)).or_default())
+    /// Takes the writer lock of `partition` (see the field docs), waiting for the current holder.
+    pub async fn lock_partition(&self, partition: &str) -> PartitionWriter<'_> {
+        let key: Arc<str> = Arc::from(partition);
+        let lock = Arc::clone(self.writers.lock().entry(Arc::clone(&key)).or_default());
+        PartitionWriter {
+            store: self,
+            partition: key,
+            guard: Some(lock.lock_owned().await),
+        }
     }
 
     /// The active generation with its gate held for a commit. Retries if a freeze wins the race.
@@ -432,6 +439,28 @@ impl TableStore {
             for f in &b.files {
                 f.obsolete.store(true, Ordering::Release);
             }
+        }
+    }
+}
+
+/// A partition's writer lock, held; releasing it forgets the lock if nobody else holds or
+/// waits for it.
+pub struct PartitionWriter<'a> {
+    store: &'a TableStore,
+    partition: Arc<str>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for PartitionWriter<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut writers = self.store.writers.lock();
+        // Clones are made under this mutex: one reference (the map's) means no holder or waiter.
+        if writers
+            .get(&self.partition)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            writers.remove(&self.partition);
         }
     }
 }

@@ -161,8 +161,7 @@ impl Engine {
         self.live.check_limits(&exec.user_id, connection)?;
 
         // Register, then snapshot or replay, with no commit of the partition in between.
-        let lock = rt.store.writer_lock(&partition);
-        let _writer = lock.lock().await;
+        let _writer = rt.store.lock_partition(&partition).await;
         let snapshot_seq = self.seq.last();
         let handle = self.live.register(
             Arc::clone(&exec.user_id),
