@@ -235,6 +235,8 @@ type PartitionKey = (u64, Arc<str>);
 type ProjectionKey = (u64, Vec<usize>);
 /// A subscription and its `system.live_queries` info.
 type Registered = (Arc<Subscription>, Arc<LiveInfo>);
+/// A partition's subscriptions by address.
+type PartitionSubs = HashMap<usize, Arc<Subscription>>;
 /// Subscriptions per user or per connection.
 type Counts = HashMap<Arc<str>, usize>;
 
@@ -242,8 +244,10 @@ type Counts = HashMap<Arc<str>, usize>;
 #[derive(Debug)]
 pub struct LiveManager {
     config: LiveConfig,
-    /// Subscriptions by (table, partition). Bounded by `max_total`.
-    by_key: RwLock<HashMap<PartitionKey, Vec<Arc<Subscription>>>>,
+    /// Subscriptions by (table, partition), keyed by address. Bounded by `max_total`. A commit
+    /// takes the partition's map by `Arc` (no copy); (un)registering edits it in place unless a
+    /// commit is delivering from it at that moment.
+    by_key: RwLock<HashMap<PartitionKey, Arc<PartitionSubs>>>,
     /// Subscriptions by id with their `system.live_queries` info. Bounded by `max_total`.
     by_id: RwLock<HashMap<Arc<str>, Registered>>,
     /// Subscription counts by user and by connection. Bounded by `max_total` entries.
@@ -442,11 +446,13 @@ impl LiveManager {
             *c.0.entry(user_id).or_insert(0) += 1;
             *c.1.entry(connection).or_insert(0) += 1;
         }
-        self.by_key
-            .write()
-            .entry((table_id, Arc::from(partition)))
-            .or_default()
-            .push(Arc::clone(&sub));
+        Arc::make_mut(
+            self.by_key
+                .write()
+                .entry((table_id, Arc::from(partition)))
+                .or_default(),
+        )
+        .insert(Arc::as_ptr(&sub) as usize, Arc::clone(&sub));
         self.by_id
             .write()
             .insert(id, (Arc::clone(&sub), Arc::new(info)));
@@ -471,7 +477,8 @@ impl LiveManager {
             let mut by_key = self.by_key.write();
             let key = (sub.table_id, Arc::clone(&sub.partition));
             if let Some(v) = by_key.get_mut(&key) {
-                v.retain(|s| !Arc::ptr_eq(s, sub));
+                let v = Arc::make_mut(v);
+                v.remove(&(Arc::as_ptr(sub) as usize));
                 if v.is_empty() {
                     by_key.remove(&key);
                 }
@@ -499,14 +506,19 @@ impl LiveManager {
         let subs = {
             let key = (change.table_id, Arc::clone(&change.partition));
             match self.by_key.read().get(&key) {
-                Some(v) if !v.is_empty() => v.clone(),
+                Some(v) if !v.is_empty() => Arc::clone(v),
                 _ => return,
             }
         };
-        self.deliver(&change, &subs, 0);
+        self.deliver(&change, subs.values(), 0);
     }
 
-    fn deliver(&self, change: &Change, subs: &[Arc<Subscription>], after_seq: u64) {
+    fn deliver<'s>(
+        &self,
+        change: &Change,
+        subs: impl IntoIterator<Item = &'s Arc<Subscription>>,
+        after_seq: u64,
+    ) {
         // One evaluation per distinct (filter, projection); the batch is shared. Keyed by the
         // handles' addresses, so many distinct filters stay O(1) per subscription.
         let mut done: HashMap<(usize, usize), Option<Delivery>> = HashMap::new();
@@ -586,7 +598,7 @@ impl LiveManager {
     /// rows at or below `after_seq`.
     pub fn replay_changes(&self, handle: &SubscriptionHandle, changes: &[Change], after_seq: u64) {
         for c in changes {
-            self.deliver(c, std::slice::from_ref(&handle.sub), after_seq);
+            self.deliver(c, [&handle.sub], after_seq);
         }
     }
 
@@ -608,7 +620,7 @@ impl LiveManager {
                 .collect()
         };
         for c in changes {
-            self.deliver(&c, std::slice::from_ref(sub), after_seq);
+            self.deliver(&c, [sub], after_seq);
         }
         sub.last_seq.fetch_max(after_seq, Ordering::AcqRel);
         Ok(())
