@@ -233,3 +233,39 @@ pub(crate) fn write_json(
     println!("wrote {}", path.display());
     Ok(Some(dir.clone()))
 }
+
+/// A directory holding Parquet files.
+pub(crate) struct ParquetDir {
+    pub path: PathBuf,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Every directory under `root` that holds Parquet files (a server's table buckets), sorted.
+pub(crate) fn parquet_dirs(root: &std::path::Path) -> Result<Vec<ParquetDir>> {
+    let mut found = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let (mut files, mut bytes) = (0, 0);
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                files += 1;
+                // A file compaction deletes meanwhile counts with no bytes.
+                bytes += entry.metadata().map_or(0, |m| m.len());
+            }
+        }
+        if files > 0 {
+            found.push(ParquetDir {
+                path: dir,
+                files,
+                bytes,
+            });
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
+}

@@ -70,29 +70,6 @@ async fn settle(target: &Target) -> Result<(u64, f64)> {
     Ok((last, t.elapsed().as_secs_f64()))
 }
 
-/// (Parquet files, directories holding them) under a server's data dir.
-fn parquet_files(dir: &std::path::Path) -> (usize, usize) {
-    let (mut files, mut dirs) = (0, 0);
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        let mut here = 0;
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                todo.push(path);
-            } else if path.extension().is_some_and(|x| x == "parquet") {
-                here += 1;
-            }
-        }
-        files += here;
-        dirs += usize::from(here > 0);
-    }
-    (files, dirs)
-}
-
 pub(crate) async fn run(mut args: Args) -> Result<()> {
     if args.common.quick {
         (args.users, args.rows_per_user, args.clients, args.sessions) = (20, 100, 4, 8);
@@ -122,7 +99,13 @@ pub(crate) async fn run(mut args: Args) -> Result<()> {
     };
 
     let (compactions, settle_secs) = settle(&target).await?;
-    let files = target.server.as_ref().map(|s| parquet_files(s.data_dir()));
+    let files = match &target.server {
+        Some(s) => {
+            let dirs = crate::common::parquet_dirs(s.data_dir())?;
+            Some((dirs.iter().map(|d| d.files).sum::<usize>(), dirs.len()))
+        }
+        None => None,
+    };
     if let Some((files, buckets)) = files {
         println!(
             "background compaction settled after {settle_secs:.0} s ({compactions} compactions): \

@@ -6,7 +6,7 @@
 //! (b) in this process with DataFusion over the same Parquet files. Reports MiB/s of Arrow data
 //! both ways, their ratio, and the server's peak RSS while it streams.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 
-use crate::common::{Common, RssSampler, Target, data_bytes, mib, write_json};
+use crate::common::{Common, RssSampler, Target, data_bytes, mib, parquet_dirs, write_json};
 use crate::fixtures;
 
 /// Options of `kalam-bench scan`.
@@ -55,28 +55,6 @@ where
         bytes += data_bytes(&b);
     }
     Ok((rows, bytes, t.elapsed().as_secs_f64()))
-}
-
-/// Directories holding the table's Parquet files under a server data dir.
-fn parquet_dirs(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut dirs = Vec::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        let mut has_parquet = false;
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                todo.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                has_parquet = true;
-            }
-        }
-        if has_parquet {
-            dirs.push(dir);
-        }
-    }
-    dirs.sort();
-    Ok(dirs)
 }
 
 /// The same query over the same files, in this process.
@@ -156,17 +134,10 @@ pub(crate) async fn run(mut args: Args) -> Result<()> {
         (Some(s), None) => s.data_dir().to_path_buf(),
         (None, None) => bail!("scan with --url needs --data-dir (the server's data directory)"),
     };
-    let dirs = parquet_dirs(&data_dir)?;
-    let files: usize = dirs
-        .iter()
-        .map(|d| std::fs::read_dir(d).map(|r| r.count()))
-        .sum::<std::io::Result<usize>>()?;
-    let parquet_bytes: u64 = dirs
-        .iter()
-        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    let found = parquet_dirs(&data_dir)?;
+    let files: usize = found.iter().map(|d| d.files).sum();
+    let parquet_bytes: u64 = found.iter().map(|d| d.bytes).sum();
+    let dirs: Vec<PathBuf> = found.into_iter().map(|d| d.path).collect();
     let mut local_runs = Vec::new();
     for _ in 0..repeat {
         local_runs.push(
